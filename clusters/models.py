@@ -1,0 +1,1 @@
+"""Cluster models arrive with the engine issue; the app exists so the project layout is complete."""

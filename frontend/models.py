@@ -1,0 +1,1 @@
+"""The self-service pages keep no models of their own."""

@@ -1,0 +1,31 @@
+"""Routes of the v2 API."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from templates_app import api as catalog_api
+from tenants import api as tenants_api
+
+router = DefaultRouter(trailing_slash="/?")
+router.register("tenants", tenants_api.TenantViewSet, basename="tenant")
+router.register("memberships", tenants_api.MembershipViewSet, basename="membership")
+router.register("tokens", tenants_api.ApiTokenViewSet, basename="apitoken")
+router.register("audit-events", tenants_api.AuditEventViewSet, basename="auditevent")
+router.register("providers", catalog_api.catalog_viewset("providers", catalog_api.ProviderFilter), basename="provider")
+router.register("hardwaretypes", catalog_api.catalog_viewset("hardwaretypes", catalog_api.ProviderMapFilter), basename="hardwaretype")
+router.register("imagetypes", catalog_api.catalog_viewset("imagetypes", catalog_api.ProviderMapFilter), basename="imagetype")
+router.register("services", catalog_api.catalog_viewset("services"), basename="service")
+router.register("clustertemplates", catalog_api.catalog_viewset("clustertemplates"), basename="clustertemplate")
+router.register("partialtemplates", catalog_api.catalog_viewset("partialtemplates"), basename="partialtemplate")
+router.register("plugins/providertypes", catalog_api.ProviderTypeViewSet, basename="providertype")
+router.register("plugins/automatortypes", catalog_api.AutomatorTypeViewSet, basename="automatortype")
+
+urlpatterns = [
+    path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),
+    path("import", catalog_api.CatalogImportApi.as_view(), name="catalog-import"),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,18 @@
+"""Top-level routes: the admin, the v2 API, and the self-service pages."""
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for scripts and load balancers; says nothing about tenants."""
+    return JsonResponse({"status": "ok"})
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v2/", include("loom_site.api_urls")),
+    path("healthz", healthz, name="healthz"),
+    path("", include("frontend.urls")),
+]

@@ -1,0 +1,194 @@
+"""Tenants, memberships, API tokens, the audit trail, and the restricted queryset every app uses.
+
+``TenantQuerySet.restrict(user, action)`` is the one place that decides what a user may see or touch.
+It combines tenant membership (admins: everything in their tenant; users: the catalog, and objects they
+own) with django-guardian object grants (e.g. a cluster shared with a colleague, or one template a user
+may edit). Objects of tenants the user does not belong to are simply absent, so views answer 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,255}$"
+name_validator = RegexValidator(
+    NAME_PATTERN, "must be 1-255 characters of letters, digits, '_', '.' or '-'."
+)
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Tenant admin"
+    USER = "user", "User"
+
+
+class Tenant(models.Model):
+    """An isolation unit: its own catalog, clusters, quotas and worker budget."""
+
+    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True, default="")
+    max_clusters = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Live clusters allowed; empty means unlimited."
+    )
+    max_nodes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Nodes across live clusters; empty means unlimited."
+    )
+    workers = models.PositiveIntegerField(
+        default=10, help_text="Worker budget: tasks of this tenant that may run at once."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.USER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")
+        ]
+        ordering = ["tenant__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class TenantQuerySet(models.QuerySet):
+    """NetBox-style restricted queryset, tenant-aware.
+
+    Models opt into ownership by setting ``owner_field``; catalog models (no owner) are readable by every
+    member of their tenant and writable by the tenant's admins. Guardian grants add single objects for a
+    given action, but only inside tenants the user still belongs to (leaving a tenant revokes them).
+    """
+
+    def restrict(self, user: Any, action: str = "view") -> TenantQuerySet:
+        if user is None or not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_superuser:
+            return self
+        memberships = Membership.objects.filter(user=user)
+        member_tenants = memberships.values("tenant")
+        admin_tenants = memberships.filter(role=Role.ADMIN).values("tenant")
+        allowed = Q(tenant__in=admin_tenants)
+        owner_field = getattr(self.model, "owner_field", None)
+        if action == "view":
+            if owner_field is None:
+                allowed |= Q(tenant__in=member_tenants)
+            else:
+                allowed |= Q(tenant__in=member_tenants, **{owner_field: user})
+        allowed |= Q(tenant__in=member_tenants) & _guardian_granted_pks(user, self.model, action)
+        return self.filter(allowed)
+
+    def for_tenant(self, tenant: Tenant) -> TenantQuerySet:
+        return self.filter(tenant=tenant)
+
+
+def _guardian_granted_pks(user: Any, model: type[models.Model], action: str) -> Any:
+    """Subquery of ``model`` primary keys on which ``user`` (or one of their groups) holds ``action``.
+
+    guardian keeps ``object_pk`` as text, so it is cast to the integer key inside the SQL; the whole
+    restriction stays one lazy query however many grants exist.
+    """
+    from django.contrib.contenttypes.models import ContentType
+    from django.db.models.functions import Cast
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    codename = f"{action}_{model._meta.model_name}"
+    content_type = ContentType.objects.get_for_model(model)
+    by_user = UserObjectPermission.objects.filter(
+        user=user, permission__codename=codename, content_type=content_type
+    )
+    by_group = GroupObjectPermission.objects.filter(
+        group__user=user, permission__codename=codename, content_type=content_type
+    )
+    as_int = Cast("object_pk", models.BigIntegerField())
+    return Q(pk__in=by_user.annotate(pk_int=as_int).values("pk_int")) | Q(
+        pk__in=by_group.annotate(pk_int=as_int).values("pk_int")
+    )
+
+
+class TenantModel(models.Model):
+    """Base of every tenant-owned row."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+
+    owner_field: str | None = None
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+
+class ApiToken(models.Model):
+    """A per-user API token. Only a SHA-256 hash is stored; the secret is shown once, at creation."""
+
+    PREFIX = "loom_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    key_prefix = models.CharField(max_length=16, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @property
+    def is_active(self) -> bool:
+        from django.utils import timezone
+
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class AuditEvent(models.Model):
+    """Who changed what, with a before/after summary. Written explicitly by services, never by signals."""
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    entity_kind = models.CharField(max_length=64)
+    entity_name = models.CharField(max_length=255)
+    version = models.PositiveIntegerField(null=True, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["tenant", "entity_kind", "entity_name"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.entity_kind} {self.entity_name}"
