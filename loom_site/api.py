@@ -66,7 +66,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response.data = {"error": {"code": "invalid", "message": message, "fields": fields}}
         return response
     if isinstance(exc, exceptions.ParseError):
-        response.data = {"error": {"code": "malformed", "message": f"request body is not valid JSON: {exc.detail}", "fields": {}}}
+        response.data = {
+            "error": {"code": "malformed", "message": f"request body is not valid JSON: {exc.detail}", "fields": {}}
+        }
         return response
     if isinstance(exc, exceptions.APIException):
         detail = exc.detail

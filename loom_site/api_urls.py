@@ -13,8 +13,14 @@ router.register("memberships", tenants_api.MembershipViewSet, basename="membersh
 router.register("tokens", tenants_api.ApiTokenViewSet, basename="apitoken")
 router.register("audit-events", tenants_api.AuditEventViewSet, basename="auditevent")
 router.register("providers", catalog_api.catalog_viewset("providers", catalog_api.ProviderFilter), basename="provider")
-router.register("hardwaretypes", catalog_api.catalog_viewset("hardwaretypes", catalog_api.ProviderMapFilter), basename="hardwaretype")
-router.register("imagetypes", catalog_api.catalog_viewset("imagetypes", catalog_api.ProviderMapFilter), basename="imagetype")
+router.register(
+    "hardwaretypes",
+    catalog_api.catalog_viewset("hardwaretypes", catalog_api.ProviderMapFilter),
+    basename="hardwaretype",
+)
+router.register(
+    "imagetypes", catalog_api.catalog_viewset("imagetypes", catalog_api.ProviderMapFilter), basename="imagetype"
+)
 router.register("services", catalog_api.catalog_viewset("services"), basename="service")
 router.register("clustertemplates", catalog_api.catalog_viewset("clustertemplates"), basename="clustertemplate")
 router.register("partialtemplates", catalog_api.catalog_viewset("partialtemplates"), basename="partialtemplate")

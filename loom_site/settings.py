@@ -93,17 +93,11 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "loom_site.wsgi.application"
 
-DATABASES = {
-    "default": env.db_url(
-        "LOOM_DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'loom.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db_url("LOOM_DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'loom.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded mode runs web, worker and beat against one SQLite file: wait for locks instead of
     # failing at once, and take the write lock at BEGIN so concurrent writers queue up cleanly.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "transaction_mode": "IMMEDIATE"}
-    )
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("LOOM_DB_CONN_MAX_AGE", default=60)
 
@@ -201,8 +195,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"redact": {"()": "providers.secrets.RedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env.str("LOOM_LOG_LEVEL", default="INFO")},
 }

@@ -73,9 +73,7 @@ class ProviderKind(CatalogKind):
         else:
             # Of the complete alternatives, report the one closest to usable.
             complete = [group for group in plugin.admin.required if group and group <= set(clean)]
-            empty = min(
-                (sorted(key for key in group if clean[key] == "") for group in complete), key=len, default=[]
-            )
+            empty = min((sorted(key for key in group if clean[key] == "") for group in complete), key=len, default=[])
             if empty:
                 problems.warning(
                     "provisioner",
@@ -120,6 +118,4 @@ class ProviderKind(CatalogKind):
         return obj.document == public and stored_secrets(obj) == secrets
 
 
-PROVIDERS = register(
-    ProviderKind("providers", "provider", "provider", "providers.Provider", None, order=10)
-)
+PROVIDERS = register(ProviderKind("providers", "provider", "provider", "providers.Provider", None, order=10))

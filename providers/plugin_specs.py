@@ -42,7 +42,12 @@ PROVIDER_TYPES = [
             text("latency_ms", "Create latency (ms)", "Mean latency of a create", default="200"),
             text("failure_rate", "Transient failure rate", "Probability 0..1 of a transient error", default="0"),
             text("terminal_failure_rate", "Terminal failure rate", "Probability 0..1 of a terminal error", default="0"),
-            text("not_found_after_create", "Eventual-consistency window (ms)", "Lookups right after a create 404 for this long", default="0"),
+            text(
+                "not_found_after_create",
+                "Eventual-consistency window (ms)",
+                "Lookups right after a create 404 for this long",
+                default="0",
+            ),
             text("seed", "Random seed", "Seed for reproducible runs"),
         ),
     ),
@@ -80,7 +85,13 @@ PROVIDER_TYPES = [
             flag("aws_ebs_delete_on_term", "Delete EBS on termination", override=True, default=True),
             text("aws_root_ebs_size", "Root EBS size (GB)", override=True),
             flag("aws_root_ebs_delete_on_term", "Delete root EBS on termination", override=True, default=True),
-            text("security_groups", "Security groups", "Comma-separated names (non-VPC)", override=True, default="default"),
+            text(
+                "security_groups",
+                "Security groups",
+                "Comma-separated names (non-VPC)",
+                override=True,
+                default="default",
+            ),
             text("security_group_ids", "Security group IDs", "Comma-separated IDs (VPC)", override=True),
             text("subnet_id", "Subnet ID", "Launch into this VPC subnet", override=True),
             flag("dedicated_instance", "Dedicated instances", override=True),
@@ -93,9 +104,16 @@ PROVIDER_TYPES = [
             text("tags", "Extra tags", "Comma-separated key=value pairs added to every machine", override=True),
             required=[
                 ["api_user", "api_password", "ssh_keypair", "ssh_key_resource", "aws_region", "security_groups"],
-                ["api_user", "api_password", "ssh_keypair", "ssh_key_resource", "aws_region",
-                 "security_group_ids", "subnet_id"],
-            ],  # fmt: skip
+                [
+                    "api_user",
+                    "api_password",
+                    "ssh_keypair",
+                    "ssh_key_resource",
+                    "aws_region",
+                    "security_group_ids",
+                    "subnet_id",
+                ],
+            ],
         ),
         resource_types=SSH_KEYS,
     ),
@@ -114,8 +132,16 @@ PROVIDER_TYPES = [
             flag("floating_ip", "Floating IP", "Request a floating IP for each node", override=True),
             text("network_ids", "Network IDs", "Comma-separated network UUIDs", override=True),
             flag("openstack_ssl_verify_peer", "Verify SSL peers", default=True),
-            required=[["api_user", "api_password", "openstack_tenant", "openstack_auth_url", "ssh_keypair",
-                       "ssh_key_resource"]],  # fmt: skip
+            required=[
+                [
+                    "api_user",
+                    "api_password",
+                    "openstack_tenant",
+                    "openstack_auth_url",
+                    "ssh_keypair",
+                    "ssh_key_resource",
+                ]
+            ],
         ),
         user=params(
             text("security_groups", "Security groups", "Comma-separated", default="default"),
@@ -166,7 +192,9 @@ PROVIDER_TYPES = [
         admin=params(
             secret("api_user", "Username"),
             secret("api_password", "API key"),
-            choice("rackspace_region", "Region", ("dfw", "ord", "iad", "lon", "syd", "hkg"), override=True, default="dfw"),
+            choice(
+                "rackspace_region", "Region", ("dfw", "ord", "iad", "lon", "syd", "hkg"), override=True, default="dfw"
+            ),
             required=[["api_user", "api_password", "rackspace_region"]],
         ),
         user=params(

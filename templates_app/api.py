@@ -44,9 +44,7 @@ class CatalogFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="search", label="Search name, label and description")
 
     def search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        return queryset.filter(
-            Q(name__icontains=value) | Q(label__icontains=value) | Q(description__icontains=value)
-        )
+        return queryset.filter(Q(name__icontains=value) | Q(label__icontains=value) | Q(description__icontains=value))
 
 
 class ProviderMapFilter(CatalogFilter):
@@ -100,7 +98,9 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
         result = services.catalog_entity_save(
             tenant=self.tenant, user=request.user, kind_key=self.kind_key, data=request.data, create=True
         )
-        return _with_warnings(Response(self.kind.export(result.entity), status=status.HTTP_201_CREATED), result.warnings)
+        return _with_warnings(
+            Response(self.kind.export(result.entity), status=status.HTTP_201_CREATED), result.warnings
+        )
 
     def update(self, request: Request, name: str) -> Response:
         """Create or replace (a new version) — Loom's PUT semantics."""
@@ -139,13 +139,18 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
         queryset = CatalogVersion.objects.filter(tenant=self.tenant, kind=self.kind_key, name=name).order_by("-version")
         page = self.paginate_queryset(queryset.values("version", "created_at", "created_by__username"))
         return self.get_paginated_response(
-            [{"version": v["version"], "created_at": v["created_at"], "created_by": v["created_by__username"]} for v in page]
+            [
+                {"version": v["version"], "created_at": v["created_at"], "created_by": v["created_by__username"]}
+                for v in page
+            ]
         )
 
     @action(detail=True, methods=["get"], url_path=r"versions/(?P<version>\d+)")
     def version_detail(self, request: Request, name: str, version: str) -> Response:
         self.get_object()
-        found = services.catalog_version_get(tenant=self.tenant, kind_key=self.kind_key, name=name, version=int(version))
+        found = services.catalog_version_get(
+            tenant=self.tenant, kind_key=self.kind_key, name=name, version=int(version)
+        )
         return Response(self.kind.export_version(found))
 
     @extend_schema(request=GrantSerializer, responses=OpenApiTypes.OBJECT)
@@ -158,7 +163,10 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
         if request.method == "GET":
             users = get_users_with_perms(obj, attach_perms=True, with_superusers=False, with_group_users=False)
             return Response(
-                [{"user": user.username, "permissions": sorted(p.split("_")[0] for p in perms)} for user, perms in users.items()]
+                [
+                    {"user": user.username, "permissions": sorted(p.split("_")[0] for p in perms)}
+                    for user, perms in users.items()
+                ]
             )
         serializer = GrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -172,8 +180,12 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
 def catalog_viewset(kind_key: str, filterset: type[CatalogFilter] = CatalogFilter) -> type[CatalogViewSet]:
     kind = get_kind(kind_key)
     name = "".join(part.capitalize() for part in kind.label.split()) + "ViewSet"
-    return type(name, (CatalogViewSet,), {"kind_key": kind_key, "filterset_class": filterset,
-                                           "__doc__": f"{kind.label.capitalize()}s of the tenant's catalog, by name."})  # fmt: skip
+    attributes = {
+        "kind_key": kind_key,
+        "filterset_class": filterset,
+        "__doc__": f"{kind.label.capitalize()}s of the tenant's catalog, addressed by name.",
+    }
+    return type(name, (CatalogViewSet,), attributes)
 
 
 class PluginTypeViewSet(viewsets.ViewSet):
@@ -212,7 +224,10 @@ class CatalogExportApi(TenantScopedMixin, APIView):
 
 
 @extend_schema(
-    parameters=[TENANT_PARAMETER, OpenApiParameter("replace", bool, description="Delete entities absent from the import")],
+    parameters=[
+        TENANT_PARAMETER,
+        OpenApiParameter("replace", bool, description="Delete entities absent from the import"),
+    ],
     request=OpenApiTypes.OBJECT,
     responses=OpenApiTypes.OBJECT,
 )
@@ -223,4 +238,3 @@ class CatalogImportApi(TenantScopedMixin, APIView):
         replace = request.query_params.get("replace", "").lower() in {"1", "true", "yes"}
         result = services.catalog_import(tenant=self.tenant, user=request.user, data=request.data, replace=replace)
         return Response(result.to_json())
-

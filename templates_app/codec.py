@@ -158,7 +158,7 @@ def _provider_map(raw: Doc, problems: Problems, required_key: str) -> dict[str, 
             problems.error(path, f"{provider!r} is not a valid provider name: {NAME_RULE}")
             continue
         if not isinstance(mapping, dict):
-            problems.error(path, "must be an object such as {\"" + required_key + "\": \"...\"}")
+            problems.error(path, 'must be an object such as {"' + required_key + '": "..."}')
             continue
         value = mapping.get(required_key)
         if not isinstance(value, str) or not value.strip():
@@ -207,9 +207,7 @@ def _requires_uses(raw: Any, problems: Problems, path: str) -> dict[str, list[st
     }
 
 
-def check_action_fields(
-    automator: str, fields: dict[str, Any], problems: Problems, path: str
-) -> None:
+def check_action_fields(automator: str, fields: dict[str, Any], problems: Problems, path: str) -> None:
     """Fields of one service action against its automator type's schema."""
     plugin = registry.get("automator", automator)
     if plugin is None:
@@ -278,9 +276,7 @@ def normalize_service(raw: Doc) -> tuple[Doc, Problems]:
         fields = as_object(spec.get("fields"), problems, f"{path}.fields")
         check_action_fields(automator, fields, problems, path)
         actions[action] = {"type": automator, "fields": dict(fields)}
-    doc["provisioner"] = {
-        "actions": {a: actions[a] for a in SERVICE_ACTIONS if a in actions}
-    }
+    doc["provisioner"] = {"actions": {a: actions[a] for a in SERVICE_ACTIONS if a in actions}}
     doc["links"] = _links(raw.get("links"), problems)
     return doc, problems
 
@@ -388,9 +384,7 @@ def _constraints(raw: Any, problems: Problems) -> Doc:
         services[service] = {
             "hardwaretypes": _name_list(spec.get("hardwaretypes"), problems, f"{path}.hardwaretypes"),
             "imagetypes": _name_list(spec.get("imagetypes"), problems, f"{path}.imagetypes"),
-            "quantities": _range(
-                spec.get("quantities"), problems, f"{path}.quantities", minimum=0, default_min=0
-            ),
+            "quantities": _range(spec.get("quantities"), problems, f"{path}.quantities", minimum=0, default_min=0),
         }
     return {
         "size": _range(section.get("size"), problems, "constraints.size", minimum=1, default_min=1),

@@ -177,9 +177,7 @@ def iter_macros(text: str) -> Iterator[MacroRef | str]:
         if parser.pos >= length:
             raise MacroSyntaxError(f"unterminated macro starting at position {pos}", pos)
         if text[parser.pos] != "%":
-            raise MacroSyntaxError(
-                f"Extra characters after macro at position {parser.pos}", parser.pos
-            )
+            raise MacroSyntaxError(f"Extra characters after macro at position {parser.pos}", parser.pos)
         end = parser.pos + 1
         yield MacroRef(text=text[pos:end], start=pos, end=end, **parts)
         pos = chunk_start = end

@@ -97,9 +97,7 @@ class CatalogVersion(TenantModel):
     class Meta:
         ordering = ["kind", "name", "-version"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["tenant", "kind", "name", "version"], name="catalogversion_unique"
-            )
+            models.UniqueConstraint(fields=["tenant", "kind", "name", "version"], name="catalogversion_unique")
         ]
 
     def __str__(self) -> str:

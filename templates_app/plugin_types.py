@@ -44,9 +44,9 @@ class FieldSchema:
         """Return a problem with ``value`` for this field, or None. Empty values are allowed here."""
         if value is None or value == "":
             return None
-        if self.type == "checkbox" and not isinstance(value, bool):
-            if not (isinstance(value, str) and value.lower() in {"true", "false"}):
-                return "must be true or false"
+        is_boolean = isinstance(value, bool) or (isinstance(value, str) and value.lower() in {"true", "false"})
+        if self.type == "checkbox" and not is_boolean:
+            return "must be true or false"
         if self.type == "number":
             try:
                 float(value)
@@ -116,10 +116,7 @@ class PluginType:
     @property
     def sensitive_fields(self) -> frozenset[str]:
         return frozenset(
-            name
-            for spec in (self.admin, self.user)
-            for name, schema in spec.fields.items()
-            if schema.sensitive
+            name for spec in (self.admin, self.user) for name, schema in spec.fields.items() if schema.sensitive
         )
 
     def field(self, name: str) -> FieldSchema | None:
@@ -180,6 +177,4 @@ def flag(name: str, label: str, tip: str = "", **kwargs: Any) -> FieldSchema:
 
 
 def params(*fields: FieldSchema, required: Iterable[Iterable[str]] = ()) -> ParameterSpec:
-    return ParameterSpec(
-        fields={f.name: f for f in fields}, required=tuple(frozenset(r) for r in required)
-    )
+    return ParameterSpec(fields={f.name: f for f in fields}, required=tuple(frozenset(r) for r in required))

@@ -67,9 +67,5 @@ class CatalogValidationError(ApplicationError):
             if not single_entity:
                 key = f"{problem.kind} {problem.name}: {key}" if problem.name else f"{problem.kind}: {key}"
             fields.setdefault(key, []).append(problem.message)
-        summary = message or (
-            str(errors[0]) if len(errors) == 1 else f"{len(errors)} problems; first: {errors[0]}"
-        )
+        summary = message or (str(errors[0]) if len(errors) == 1 else f"{len(errors)} problems; first: {errors[0]}")
         super().__init__(summary, fields=fields, extra={"problems": [p.to_json() for p in errors]})
-
-

@@ -156,9 +156,7 @@ def catalog_entity_save(
     warnings = problems.warnings + [p for p in cross if p.severity == "warning"]
     if existing is not None and kind.public_equal(existing, doc):
         return SaveResult(existing, created=False, changed=False, warnings=warnings)
-    obj = _write(
-        tenant=tenant, user=user, kind=kind, obj=existing, doc=doc, action="update" if existing else "create"
-    )
+    obj = _write(tenant=tenant, user=user, kind=kind, obj=existing, doc=doc, action="update" if existing else "create")
     return SaveResult(obj, created=existing is None, changed=True, warnings=warnings)
 
 
@@ -248,7 +246,9 @@ def catalog_import(*, tenant: Tenant, user: Any, data: Any, replace: bool = Fals
             doc, found = kind.normalize(raw, existing[key].get(name) if isinstance(name, str) else None)
             for problem in found.items:
                 if not problem.name:  # unnamed entity: point at its position in the section
-                    problem = Problem(kind.singular, f"{key}[{index}]", problem.field, problem.message, problem.severity)
+                    problem = Problem(
+                        kind.singular, f"{key}[{index}]", problem.field, problem.message, problem.severity
+                    )
                 problems.append(problem)
             if not found.errors:
                 if doc["name"] in incoming[key]:

@@ -58,7 +58,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target) :] + [target]
+                cycle = [*stack[stack.index(target) :], target]
                 key = frozenset(cycle)
                 if key not in seen_sets:
                     seen_sets.add(key)
@@ -121,7 +121,7 @@ def merge_order(name: str, view: CatalogView, problems: Problems) -> list[tuple[
 
     def walk(template_name: str) -> None:
         if template_name in chain:
-            problems.error("extends", f"template inheritance cycle: {' → '.join(chain + [template_name])}")
+            problems.error("extends", f"template inheritance cycle: {' → '.join([*chain, template_name])}")
             return
         doc = view.get("clustertemplates", {}).get(template_name)
         if doc is None:
@@ -163,9 +163,7 @@ def resolve_template(name: str, view: CatalogView) -> tuple[Doc, Problems]:
     if own is None:
         problems.error("name", f"cluster template {name!r} does not exist")
         return {}, problems
-    result: Doc = {
-        key: own.get(key) for key in ("name", "label", "description", "icon", "extends", "includes")
-    }
+    result: Doc = {key: own.get(key) for key in ("name", "label", "description", "icon", "extends", "includes")}
     compatibility: Doc = {"hardwaretypes": [], "imagetypes": [], "services": []}
     defaults: Doc = {"services": [], "provider": None, "hardwaretype": None, "imagetype": None,
                      "dnsSuffix": None, "config": {}}  # fmt: skip
@@ -289,18 +287,12 @@ def _check_template(doc: Doc, view: CatalogView, problems: Problems) -> None:
                     f"contradicts mustcoexist[{must_index}]: {sorted(must)} must share nodes, "
                     f"but {sorted(cant)} can never be on one node",
                 )
-        ranges = {
-            name: constraints["services"][name]["quantities"]
-            for name in must
-            if name in constraints["services"]
-        }
+        ranges = {name: constraints["services"][name]["quantities"] for name in must if name in constraints["services"]}
         if len(ranges) > 1:
             low = max(r["min"] for r in ranges.values())
             highs = [r["max"] for r in ranges.values() if "max" in r]
             if highs and low > min(highs):
-                detail = ", ".join(
-                    f"{n} {r['min']}..{r.get('max', '∞')}" for n, r in sorted(ranges.items())
-                )
+                detail = ", ".join(f"{n} {r['min']}..{r.get('max', '∞')}" for n, r in sorted(ranges.items()))
                 problems.error(
                     f"constraints.layout.mustcoexist[{must_index}]",
                     f"members must be on the same nodes, so their node counts must match, "
@@ -370,7 +362,11 @@ def references(view: CatalogView, kind: str, name: str) -> set[tuple[str, str]]:
         refs |= {("services", s) for s in doc["constraints"]["services"]}
         refs |= {("hardwaretypes", h) for h in doc["compatibility"]["hardwaretypes"]}
         refs |= {("imagetypes", i) for i in doc["compatibility"]["imagetypes"]}
-        for key, ref_kind in (("hardwaretype", "hardwaretypes"), ("imagetype", "imagetypes"), ("provider", "providers")):
+        for key, ref_kind in (
+            ("hardwaretype", "hardwaretypes"),
+            ("imagetype", "imagetypes"),
+            ("provider", "providers"),
+        ):
             if doc["defaults"].get(key):
                 refs.add((ref_kind, doc["defaults"][key]))
         for spec in doc["constraints"]["services"].values():

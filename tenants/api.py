@@ -169,4 +169,3 @@ class AuditEventViewSet(TenantScopedMixin, viewsets.ReadOnlyModelViewSet):
         if self.is_schema_view:
             return AuditEvent.objects.none()
         return selectors.audit_event_list(user=self.request.user, tenant=self.tenant)
-

@@ -17,9 +17,7 @@ from django.db import models
 from django.db.models import Q
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,255}$"
-name_validator = RegexValidator(
-    NAME_PATTERN, "must be 1-255 characters of letters, digits, '_', '.' or '-'."
-)
+name_validator = RegexValidator(NAME_PATTERN, "must be 1-255 characters of letters, digits, '_', '.' or '-'.")
 
 
 class Role(models.TextChoices):
@@ -51,17 +49,13 @@ class Tenant(models.Model):
 
 
 class Membership(models.Model):
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=8, choices=Role.choices, default=Role.USER)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")
-        ]
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")]
         ordering = ["tenant__name", "user__username"]
 
     def __str__(self) -> str:
@@ -110,9 +104,7 @@ def _guardian_granted_pks(user: Any, model: type[models.Model], action: str) -> 
 
     codename = f"{action}_{model._meta.model_name}"
     content_type = ContentType.objects.get_for_model(model)
-    by_user = UserObjectPermission.objects.filter(
-        user=user, permission__codename=codename, content_type=content_type
-    )
+    by_user = UserObjectPermission.objects.filter(user=user, permission__codename=codename, content_type=content_type)
     by_group = GroupObjectPermission.objects.filter(
         group__user=user, permission__codename=codename, content_type=content_type
     )
@@ -140,9 +132,7 @@ class ApiToken(models.Model):
 
     PREFIX = "loom_"
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
     key_prefix = models.CharField(max_length=16, db_index=True)
     key_hash = models.CharField(max_length=64, unique=True)
@@ -173,9 +163,7 @@ class ApiToken(models.Model):
 class AuditEvent(models.Model):
     """Who changed what, with a before/after summary. Written explicitly by services, never by signals."""
 
-    tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
-    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

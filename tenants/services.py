@@ -61,7 +61,14 @@ def tenant_save(*, actor: Any, name: str, create: bool, **fields: Any) -> Tenant
 def tenant_delete(*, actor: Any, tenant: Tenant) -> None:
     if actor is not None and not actor.is_superuser:
         raise PermissionDenied("only superusers manage tenants")
-    audit(tenant=None, actor=actor, action="delete", kind="tenant", name=tenant.name, summary={"before": _tenant_fields(tenant)})
+    audit(
+        tenant=None,
+        actor=actor,
+        action="delete",
+        kind="tenant",
+        name=tenant.name,
+        summary={"before": _tenant_fields(tenant)},
+    )
     tenant.delete()
 
 
@@ -93,11 +100,7 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
 
 
 def _other_admins(membership: Membership) -> bool:
-    return (
-        Membership.objects.filter(tenant=membership.tenant, role=Role.ADMIN)
-        .exclude(pk=membership.pk)
-        .exists()
-    )
+    return Membership.objects.filter(tenant=membership.tenant, role=Role.ADMIN).exclude(pk=membership.pk).exists()
 
 
 @transaction.atomic

@@ -1,0 +1,14 @@
+"""Test settings: PostgreSQL (a real server, never SQLite), a throwaway data folder, fast hashing."""
+
+import os
+import tempfile
+
+os.environ.setdefault("LOOM_DATA_DIR", tempfile.mkdtemp(prefix="loom-test-"))
+os.environ.setdefault("LOOM_DEBUG", "false")
+
+from loom_site.settings import *  # noqa: F403
+from loom_site.settings import env
+
+DATABASES = {"default": env.db_url("LOOM_TEST_DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loom")}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_TASK_ALWAYS_EAGER = True
