@@ -7,7 +7,20 @@ from rest_framework.routers import DefaultRouter
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
 
-router = DefaultRouter(trailing_slash="/?")
+
+
+class LoomRouter(DefaultRouter):
+    """Routes with or without a trailing slash, and no ``.json`` format suffixes: entity names may
+    contain dots (``ubuntu-22.04``) and must not be mistaken for a format."""
+
+    include_format_suffixes = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing_slash = "/?"
+
+
+router = LoomRouter()
 router.register("tenants", tenants_api.TenantViewSet, basename="tenant")
 router.register("memberships", tenants_api.MembershipViewSet, basename="membership")
 router.register("tokens", tenants_api.ApiTokenViewSet, basename="apitoken")

@@ -161,9 +161,13 @@ class ApiToken(models.Model):
 
 
 class AuditEvent(models.Model):
-    """Who changed what, with a before/after summary. Written explicitly by services, never by signals."""
+    """Who changed what, with a before/after summary. Written explicitly by services, never by signals.
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events")
+    Events outlive their tenant (the link is cleared, the entity names stay), so deleting a tenant does
+    not erase the record of what was done in it.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
