@@ -8,7 +8,6 @@ from templates_app import api as catalog_api
 from tenants import api as tenants_api
 
 
-
 class LoomRouter(DefaultRouter):
     """Routes with or without a trailing slash, and no ``.json`` format suffixes: entity names may
     contain dots (``ubuntu-22.04``) and must not be mistaken for a format."""

@@ -13,7 +13,7 @@ from typing import Any
 import django_filters
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -185,7 +185,11 @@ def catalog_viewset(kind_key: str, filterset: type[CatalogFilter] = CatalogFilte
         "filterset_class": filterset,
         "__doc__": f"{kind.label.capitalize()}s of the tenant's catalog, addressed by name.",
     }
-    return type(name, (CatalogViewSet,), attributes)
+    viewset = type(name, (CatalogViewSet,), attributes)
+    return extend_schema_view(
+        list=extend_schema(operation_id=f"{kind_key}_list"),
+        versions=extend_schema(operation_id=f"{kind_key}_versions_list"),
+    )(viewset)
 
 
 class PluginTypeViewSet(viewsets.ViewSet):
@@ -207,10 +211,12 @@ class PluginTypeViewSet(viewsets.ViewSet):
         return Response(plugin.to_json())
 
 
+@extend_schema_view(list=extend_schema(operation_id="plugins_providertypes_list"))
 class ProviderTypeViewSet(PluginTypeViewSet):
     plugin_kind = "provider"
 
 
+@extend_schema_view(list=extend_schema(operation_id="plugins_automatortypes_list"))
 class AutomatorTypeViewSet(PluginTypeViewSet):
     plugin_kind = "automator"
 

@@ -96,7 +96,9 @@ def test_lists_show_nothing_of_the_other_tenant(world, client_for, request, who)
 
 def test_writing_a_same_named_entity_in_another_tenant_leaves_the_original_alone(world, client_for, admin_b, catalog_a):
     hardware = next(h for h in catalog_a["hardwaretypes"] if h["name"] == "standard-small")
-    response = client_for(admin_b).put("/api/v2/hardwaretypes/standard-small", {**hardware, "description": "B's"}, format="json")
+    response = client_for(admin_b).put(
+        "/api/v2/hardwaretypes/standard-small", {**hardware, "description": "B's"}, format="json"
+    )
     assert response.status_code == 201  # B's own namespace
     from templates_app.models import HardwareType
 

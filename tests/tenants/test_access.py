@@ -36,20 +36,27 @@ def test_guardian_grant_applies_only_while_a_member(catalog_a, tenant_a, user_a)
 
 def test_grant_api_lets_a_user_edit_one_template(catalog_a, admin_a, user_a, client_for):
     admin, user = client_for(admin_a), client_for(user_a)
+    grants, arthur_change = "/api/v2/clustertemplates/lamp/grants", {"user": "arthur", "action": "change"}
     lamp = user.get("/api/v2/clustertemplates/lamp").json()
-    assert user.put("/api/v2/clustertemplates/lamp", {**lamp, "description": "x"}, format="json").status_code == 403
-    assert user.post("/api/v2/clustertemplates/lamp/grants", {"user": "arthur", "action": "change"}, format="json").status_code == 403
-    assert admin.post("/api/v2/clustertemplates/lamp/grants", {"user": "arthur", "action": "change"}, format="json").status_code == 204
-    assert admin.get("/api/v2/clustertemplates/lamp/grants").json() == [{"user": "arthur", "permissions": ["change"]}]
-    assert user.put("/api/v2/clustertemplates/lamp", {**lamp, "description": "x"}, format="json").status_code == 200
-    base = user.get("/api/v2/clustertemplates/base").json()
-    assert user.put("/api/v2/clustertemplates/base", {**base, "description": "x"}, format="json").status_code == 403
-    assert admin.delete("/api/v2/clustertemplates/lamp/grants", {"user": "arthur", "action": "change"}, format="json").status_code == 204
-    assert user.put("/api/v2/clustertemplates/lamp", {**lamp, "description": "y"}, format="json").status_code == 403
+
+    def edit(name: str, document: dict, description: str) -> int:
+        body = {**document, "description": description}
+        return user.put(f"/api/v2/clustertemplates/{name}", body, format="json").status_code
+
+    assert edit("lamp", lamp, "x") == 403
+    assert user.post(grants, arthur_change, format="json").status_code == 403
+    assert admin.post(grants, arthur_change, format="json").status_code == 204
+    assert admin.get(grants).json() == [{"user": "arthur", "permissions": ["change"]}]
+    assert edit("lamp", lamp, "x") == 200
+    assert edit("base", user.get("/api/v2/clustertemplates/base").json(), "x") == 403
+    assert admin.delete(grants, arthur_change, format="json").status_code == 204
+    assert edit("lamp", lamp, "y") == 403
 
 
 def test_grant_to_a_non_member_is_refused(catalog_a, admin_a, admin_b, client_for):
-    response = client_for(admin_a).post("/api/v2/clustertemplates/lamp/grants", {"user": "bob", "action": "view"}, format="json")
+    response = client_for(admin_a).post(
+        "/api/v2/clustertemplates/lamp/grants", {"user": "bob", "action": "view"}, format="json"
+    )
     assert response.status_code == 400
     assert "bob is not a member of tenant acme" in response.json()["error"]["message"]
 

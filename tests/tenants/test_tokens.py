@@ -50,7 +50,9 @@ def test_expired_and_unknown_tokens_fail(user_a, client_for):
 
 
 def test_expiry_in_the_past_is_refused(user_a, client_for):
-    response = client_for(user_a).post("/api/v2/tokens/", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+    response = client_for(user_a).post(
+        "/api/v2/tokens/", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, format="json"
+    )
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"expires_at": ["must be in the future"]}
 
