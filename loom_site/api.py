@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
@@ -52,6 +53,12 @@ def error_response(
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return error_response(exc.code, exc.message, exc.status, exc.fields, **exc.extra)
+    if isinstance(exc, DataError):
+        # A value the database cannot hold (an id beyond bigint, say) is bad input, not a server fault.
+        from rest_framework.views import set_rollback
+
+        set_rollback()
+        return error_response("invalid", "a value in the request is out of range", status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")
     elif isinstance(exc, DjangoPermissionDenied):

@@ -13,6 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v2/", include("loom_site.api_urls")),
+    path("api/v2/auth/", include("rest_framework.urls")),  # log in/out links of the browsable API
     path("healthz", healthz, name="healthz"),
     path("", include("frontend.urls")),
 ]

@@ -16,6 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -65,6 +66,7 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     """One catalog kind; subclasses set ``kind_key``. Entities are addressed by name."""
 
     kind_key = ""
+    parser_classes = [JSONParser]  # bodies are Loom JSON documents; form encoding cannot express them
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
     filterset_class = CatalogFilter
@@ -148,6 +150,8 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     @action(detail=True, methods=["get"], url_path=r"versions/(?P<version>\d+)")
     def version_detail(self, request: Request, name: str, version: str) -> Response:
         self.get_object()
+        if len(version) > 9:  # beyond any version we could have written; also keeps SQL integers in range
+            raise NotFound(f"{self.kind.label} {name} version {version} not found")
         found = services.catalog_version_get(
             tenant=self.tenant, kind_key=self.kind_key, name=name, version=int(version)
         )
@@ -239,6 +243,8 @@ class CatalogExportApi(TenantScopedMixin, APIView):
 )
 class CatalogImportApi(TenantScopedMixin, APIView):
     """Validate a Loom-format catalog and apply it in one transaction; on any error nothing changes."""
+
+    parser_classes = [JSONParser]
 
     def post(self, request: Request) -> Response:
         replace = request.query_params.get("replace", "").lower() in {"1", "true", "yes"}

@@ -94,9 +94,18 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
             raise Conflict(f"{username} is the last admin of tenant {tenant.name}")
         membership.role = role
         membership.save(update_fields=["role"])
+    _sync_staff_flag(user)
     audit(tenant=tenant, actor=actor, action="create" if created else "update", kind="membership",
           name=username, summary={"before": before, "after": role})  # fmt: skip
     return membership
+
+
+def _sync_staff_flag(user: Any) -> None:
+    """Tenant admins work in the Django admin, which needs ``is_staff``; keep it in step with the role."""
+    is_admin = user.is_superuser or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+    if user.is_staff != is_admin:
+        user.is_staff = is_admin
+        user.save(update_fields=["is_staff"])
 
 
 def _other_admins(membership: Membership) -> bool:
@@ -111,6 +120,7 @@ def membership_delete(*, actor: Any, membership: Membership) -> None:
     audit(tenant=membership.tenant, actor=actor, action="delete", kind="membership",
           name=membership.user.username, summary={"before": membership.role})  # fmt: skip
     membership.delete()
+    _sync_staff_flag(membership.user)
 
 
 @dataclass(frozen=True)

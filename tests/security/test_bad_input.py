@@ -1,0 +1,32 @@
+"""Out-of-range identifiers and odd bodies are client errors, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v2/memberships/99999999999999999999999",
+        "/api/v2/tokens/99999999999999999999999",
+        "/api/v2/audit-events/99999999999999999999999",
+        "/api/v2/clustertemplates/lamp/versions/99999999999999999999999",
+        "/api/v2/clustertemplates/lamp/versions/0",
+        "/api/v2/memberships/abc",
+    ],
+)
+def test_huge_or_odd_ids_are_client_errors(catalog_a, admin_a, client_for, url):
+    response = client_for(admin_a).get(url)
+    assert response.status_code in (400, 404), response.content
+    assert set(response.json()["error"]) >= {"code", "message", "fields"}
+
+
+def test_form_encoded_and_non_json_bodies(catalog_a, admin_a, client_for):
+    client = client_for(admin_a)
+    response = client.post("/api/v2/services/", "name=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
+    response = client.post("/api/v2/import", b"\xff\xfe{", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed"
+    response = client.post("/api/v2/services/", "[1, 2]", content_type="application/json")
+    assert response.status_code == 400 and "must be a JSON object" in response.json()["error"]["message"]
