@@ -179,20 +179,21 @@ def _provider_map(raw: Doc, problems: Problems, required_key: str) -> dict[str, 
     return dict(sorted(result.items()))
 
 
-def normalize_hardwaretype(raw: Doc) -> tuple[Doc, Problems]:
-    problems = Problems("hardwaretype")
+def _normalize_mapped_type(raw: Doc, kind: str, required_key: str) -> tuple[Doc, Problems]:
+    """Hardware and image types: base fields plus a per-provider map that must name ``required_key``."""
+    problems = Problems(kind)
     doc = base_fields(raw, problems)
     check_unknown_keys(raw, {"name", "label", "description", "icon", "version", "providermap"}, problems)
-    doc["providermap"] = _provider_map(raw, problems, "flavor")
+    doc["providermap"] = _provider_map(raw, problems, required_key)
     return doc, problems
+
+
+def normalize_hardwaretype(raw: Doc) -> tuple[Doc, Problems]:
+    return _normalize_mapped_type(raw, "hardwaretype", "flavor")
 
 
 def normalize_imagetype(raw: Doc) -> tuple[Doc, Problems]:
-    problems = Problems("imagetype")
-    doc = base_fields(raw, problems)
-    check_unknown_keys(raw, {"name", "label", "description", "icon", "version", "providermap"}, problems)
-    doc["providermap"] = _provider_map(raw, problems, "image")
-    return doc, problems
+    return _normalize_mapped_type(raw, "imagetype", "image")
 
 
 # --- services ---------------------------------------------------------------------------------------
