@@ -77,14 +77,13 @@ class TenantQuerySet(models.QuerySet):
             return self
         memberships = Membership.objects.filter(user=user)
         member_tenants = memberships.values("tenant")
-        admin_tenants = memberships.filter(role=Role.ADMIN).values("tenant")
-        allowed = Q(tenant__in=admin_tenants)
         owner_field = getattr(self.model, "owner_field", None)
+        if action == "view" and owner_field is None:
+            # Every member sees the whole catalog of their tenants; object grants could add nothing.
+            return self.filter(tenant__in=member_tenants)
+        allowed = Q(tenant__in=memberships.filter(role=Role.ADMIN).values("tenant"))
         if action == "view":
-            if owner_field is None:
-                allowed |= Q(tenant__in=member_tenants)
-            else:
-                allowed |= Q(tenant__in=member_tenants, **{owner_field: user})
+            allowed |= Q(tenant__in=member_tenants, **{owner_field: user})
         allowed |= Q(tenant__in=member_tenants) & _guardian_granted_pks(user, self.model, action)
         return self.filter(allowed)
 
