@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("LOOM_DATA_DIR", tempfile.mkdtemp(prefix="loom-bench-"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loom_site.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -80,38 +80,40 @@ def synthetic_catalog(services: int, templates: int) -> dict[str, list[dict]]:
     }
 
 
+def measure(size: int, user: object) -> tuple[int, float, float, float, float]:
+    """(templates, import ms, save ms, restricted list ms, bare list ms) for a catalog of ``size`` services."""
+    tenant = Tenant.objects.create(name=f"bench-{size}")
+    Membership.objects.create(user=user, tenant=tenant, role=Role.USER)
+    data = synthetic_catalog(size, max(2, size // 5))
+    start = time.perf_counter()
+    catalog_import(tenant=tenant, user=None, data=data)
+    import_ms = (time.perf_counter() - start) * 1000
+    template = dict(data["clustertemplates"][0])
+    edits = iter(range(10_000))
+
+    def save() -> None:
+        body = {**template, "description": f"edit {next(edits)}"}
+        catalog_entity_save(tenant=tenant, user=None, kind_key="clustertemplates", name=template["name"], data=body)
+
+    save_ms = timed(save)
+    restricted = timed(lambda: list(Service.objects.restrict(user, "view").filter(tenant=tenant)[:50]), 9)
+    bare = timed(lambda: list(Service.objects.filter(tenant=tenant)[:50]), 9)
+    return len(data["clustertemplates"]), import_ms, save_ms, restricted, bare
+
+
 def main() -> None:
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("bench-user")
     print(f"database: {django.db.connection.vendor}")
-    print(
-        f"{'services':>9} {'templates':>9} {'import ms':>10} {'save ms':>9} {'save/10':>8} {'list ms':>8} {'bare ms':>8} {'ratio':>6}"
-    )
-    baseline_save = None
+    header = ("services", "templates", "import ms", "save ms", "save/10", "list ms", "bare ms", "ratio")
+    print(" ".join(f"{h:>9}" for h in header))
+    baseline = None
     for size in (10, 100, 1000):
-        tenant = Tenant.objects.create(name=f"bench-{size}")
-        Membership.objects.create(user=user, tenant=tenant, role=Role.USER)
-        data = synthetic_catalog(size, max(2, size // 5))
-        start = time.perf_counter()
-        catalog_import(tenant=tenant, user=None, data=data)
-        import_ms = (time.perf_counter() - start) * 1000
-        template = dict(data["clustertemplates"][0])
-        counter = iter(range(10_000))
-
-        def save() -> None:
-            catalog_entity_save(
-                tenant=tenant, user=None, kind_key="clustertemplates", name=template["name"],
-                data={**template, "description": f"edit {next(counter)}"},
-            )  # fmt: skip
-
-        save_ms = timed(save)
-        baseline_save = baseline_save or save_ms
-        restricted = timed(lambda: list(Service.objects.restrict(user, "view").filter(tenant=tenant)[:50]), 9)
-        bare = timed(lambda: list(Service.objects.filter(tenant=tenant)[:50]), 9)
-        print(
-            f"{size:>9} {len(data['clustertemplates']):>9} {import_ms:>10.1f} {save_ms:>9.1f} "
-            f"{save_ms / baseline_save:>8.2f} {restricted:>8.2f} {bare:>8.2f} {restricted / bare:>6.2f}"
-        )
+        templates, import_ms, save_ms, restricted, bare = measure(size, user)
+        baseline = baseline or save_ms
+        row = (size, templates, f"{import_ms:.1f}", f"{save_ms:.1f}", f"{save_ms / baseline:.2f}",
+               f"{restricted:.2f}", f"{bare:.2f}", f"{restricted / bare:.2f}")  # fmt: skip
+        print(" ".join(f"{value:>9}" for value in row))
 
 
 if __name__ == "__main__":
