@@ -17,3 +17,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("", include("frontend.urls")),
 ]
+
+handler404 = "loom_site.views.not_found"
+handler500 = "loom_site.views.server_failure"

@@ -16,11 +16,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from loom_site.input_guards import StrictJSONParser
 from tenants.api import TENANT_PARAMETER, TenantScopedMixin
 from tenants.errors import NotFound
 from tenants.services import object_grant
@@ -66,7 +66,7 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     """One catalog kind; subclasses set ``kind_key``. Entities are addressed by name."""
 
     kind_key = ""
-    parser_classes = [JSONParser]  # bodies are Loom JSON documents; form encoding cannot express them
+    parser_classes = [StrictJSONParser]  # bodies are Loom JSON documents; form encoding cannot express them
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
     filterset_class = CatalogFilter
@@ -130,26 +130,29 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _visible_or_new(self, name: str) -> None:
-        """PUT to a name that exists in the tenant but is hidden from the user must not leak it."""
+        """A name that exists in the tenant but is hidden from the user must not leak through PUT or the
+        version history; a name that no longer exists (deleted) is the tenant's to show."""
         model = self.kind.model
         if model.objects.filter(tenant=self.tenant, name=name).exists():
             self.get_object()
 
     @action(detail=True, methods=["get"], url_path="versions")
     def versions(self, request: Request, name: str) -> Response:
-        self.get_object()
+        """Every version, newest first; still readable after the entity itself was deleted."""
+        self._visible_or_new(name)
         queryset = CatalogVersion.objects.filter(tenant=self.tenant, kind=self.kind_key, name=name).order_by("-version")
         page = self.paginate_queryset(queryset.values("version", "created_at", "created_by__username"))
-        return self.get_paginated_response(
-            [
-                {"version": v["version"], "created_at": v["created_at"], "created_by": v["created_by__username"]}
-                for v in page
-            ]
-        )
+        if not page and not queryset.exists():
+            raise NotFound(f"{self.kind.label} {name} not found")
+        rows = [
+            {"version": v["version"], "created_at": v["created_at"], "created_by": v["created_by__username"]}
+            for v in page
+        ]
+        return self.get_paginated_response(rows)
 
     @action(detail=True, methods=["get"], url_path=r"versions/(?P<version>\d+)")
     def version_detail(self, request: Request, name: str, version: str) -> Response:
-        self.get_object()
+        self._visible_or_new(name)
         if len(version) > 9:  # beyond any version we could have written; also keeps SQL integers in range
             raise NotFound(f"{self.kind.label} {name} version {version} not found")
         found = services.catalog_version_get(
@@ -244,7 +247,7 @@ class CatalogExportApi(TenantScopedMixin, APIView):
 class CatalogImportApi(TenantScopedMixin, APIView):
     """Validate a Loom-format catalog and apply it in one transaction; on any error nothing changes."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
 
     def post(self, request: Request) -> Response:
         replace = request.query_params.get("replace", "").lower() in {"1", "true", "yes"}

@@ -18,7 +18,7 @@ from .macro_syntax import macro_errors
 from .plugin_types import registry
 from .problems import Problems
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # always used with fullmatch: "$" would allow a final newline
 NAME_RULE = "must be 1-255 characters of letters, digits, '_', '.' or '-'"
 SERVICE_ACTIONS = ("install", "configure", "initialize", "start", "stop", "remove")
 DNS_LABEL_RE = re.compile(r"^[a-zA-Z0-9\-]{0,62}[a-zA-Z0-9]$")
@@ -29,7 +29,7 @@ Doc = dict[str, Any]
 
 
 def check_name(value: Any, problems: Problems, path: str = "name") -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         problems.error(path, f"{value!r} is not a valid name: {NAME_RULE}")
         return value if isinstance(value, str) else ""
     return value
@@ -69,7 +69,7 @@ def _name_list(raw: Any, problems: Problems, path: str) -> list[str]:
         return []
     names: list[str] = []
     for index, item in enumerate(raw):
-        if not isinstance(item, str) or not NAME_RE.match(item):
+        if not isinstance(item, str) or not NAME_RE.fullmatch(item):
             problems.error(f"{path}[{index}]", f"{item!r} is not a valid name: {NAME_RULE}")
         elif item not in names:
             names.append(item)
@@ -154,7 +154,7 @@ def _provider_map(raw: Doc, problems: Problems, required_key: str) -> dict[str, 
     result: dict[str, dict[str, Any]] = {}
     for provider, mapping in providermap.items():
         path = f"providermap.{provider}"
-        if not NAME_RE.match(str(provider)):
+        if not NAME_RE.fullmatch(str(provider)):
             problems.error(path, f"{provider!r} is not a valid provider name: {NAME_RULE}")
             continue
         if not isinstance(mapping, dict):
@@ -315,14 +315,14 @@ def _defaults(raw: Any, problems: Problems) -> Doc:
             if isinstance(item.get("config"), dict) and isinstance(name, str):
                 config[name] = item["config"]
             item = name
-        if not isinstance(item, str) or not NAME_RE.match(item):
+        if not isinstance(item, str) or not NAME_RE.fullmatch(item):
             problems.error(f"defaults.services[{index}]", f"{item!r} is not a valid service name")
         elif item not in services:
             services.append(item)
     doc: Doc = {"services": services}
     for key in ("provider", "hardwaretype", "imagetype"):
         value = section.get(key) or None
-        if value is not None and (not isinstance(value, str) or not NAME_RE.match(value)):
+        if value is not None and (not isinstance(value, str) or not NAME_RE.fullmatch(value)):
             problems.error(f"defaults.{key}", f"{value!r} is not a valid name: {NAME_RULE}")
         doc[key] = value
     suffix = section.get("dnsSuffix") or None
@@ -377,7 +377,7 @@ def _constraints(raw: Any, problems: Problems) -> Doc:
     services: Doc = {}
     for service, spec in services_raw.items():
         path = f"constraints.services.{service}"
-        if not NAME_RE.match(str(service)):
+        if not NAME_RE.fullmatch(str(service)):
             problems.error(path, f"{service!r} is not a valid service name")
             continue
         spec = as_object(spec, problems, path)

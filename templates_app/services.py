@@ -17,6 +17,7 @@ from django.db.models import Max
 from tenants.errors import Conflict, NotFound, PermissionDenied
 from tenants.models import AuditEvent, Membership, Role, Tenant
 
+from .codec import NAME_RE
 from .kinds import CatalogKind, all_kinds, get_kind
 from .models import CatalogEntity, CatalogVersion
 from .problems import CatalogValidationError, Problem
@@ -34,15 +35,17 @@ def user_is_tenant_admin(user: Any, tenant: Tenant) -> bool:
     return Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
 
 
-def _require_change(user: Any, tenant: Tenant, obj: CatalogEntity | None, kind: CatalogKind) -> None:
-    """Tenant admins change the catalog; a user may change one entity granted to them via guardian."""
+def _require_change(
+    user: Any, tenant: Tenant, obj: CatalogEntity | None, kind: CatalogKind, action: str = "change"
+) -> None:
+    """Tenant admins change the catalog; a user may change or delete one entity granted to them."""
     if user is None:  # internal callers (management commands) act as the system
         return
     if user_is_tenant_admin(user, tenant):
         return
-    if obj is not None and user.has_perm(f"{obj._meta.app_label}.change_{obj._meta.model_name}", obj):
+    if obj is not None and user.has_perm(f"{obj._meta.app_label}.{action}_{obj._meta.model_name}", obj):
         return
-    raise PermissionDenied(f"only tenant admins may change {kind.label}s")
+    raise PermissionDenied(f"only tenant admins may {action} {kind.label}s")
 
 
 def catalog_view(tenant: Tenant) -> CatalogView:
@@ -141,7 +144,7 @@ def catalog_entity_save(
     lookup = name or (data.get("name") if isinstance(data, dict) else None)
     existing = (
         kind.model.objects.select_for_update().filter(tenant=tenant, name=lookup).first()
-        if isinstance(lookup, str)
+        if isinstance(lookup, str) and NAME_RE.fullmatch(lookup)  # an invalid name cannot exist
         else None
     )
     if create and existing is not None:
@@ -167,7 +170,7 @@ def catalog_entity_delete(*, tenant: Tenant, user: Any, kind_key: str, name: str
     obj = kind.model.objects.select_for_update().filter(tenant=tenant, name=name).first()
     if obj is None:
         raise NotFound(f"{kind.label} {name} not found")
-    _require_change(user, tenant, None, kind)
+    _require_change(user, tenant, obj, kind, action="delete")
     users = dependents(catalog_view(tenant), kind.key, name)
     if users:
         raise Conflict(

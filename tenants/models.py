@@ -16,7 +16,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,255}$"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,255}\Z"  # \Z, not $: "$" also matches before a final newline
 name_validator = RegexValidator(NAME_PATTERN, "must be 1-255 characters of letters, digits, '_', '.' or '-'.")
 
 

@@ -30,3 +30,16 @@ def test_form_encoded_and_non_json_bodies(catalog_a, admin_a, client_for):
     assert response.status_code == 400 and response.json()["error"]["code"] == "malformed"
     response = client.post("/api/v2/services/", "[1, 2]", content_type="application/json")
     assert response.status_code == 400 and "must be a JSON object" in response.json()["error"]["message"]
+
+
+def test_nul_in_query_strings_and_forms_is_400(catalog_a, admin_a, client_for, client):
+    response = client_for(admin_a).get("/api/v2/services/?name=re%00dis")
+    assert response.status_code == 400 and "NUL" in response.json()["error"]["message"]
+    response = client.post("/login/", {"username": "a\x00b", "password": "x"})
+    assert response.status_code == 200 and "did not match" in response.content.decode()
+
+
+def test_unknown_api_paths_use_the_error_shape(admin_a, client_for):
+    response = client_for(admin_a).get("/api/v2/services/a%20b")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
