@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from templates_app import codec
-from templates_app.kinds import CatalogKind, register
+from templates_app.kinds import CatalogKind, register, reject_nul
 from templates_app.models import CatalogEntity
 from templates_app.plugin_types import registry
 from templates_app.problems import Problems
@@ -29,6 +29,8 @@ class ProviderKind(CatalogKind):
         problems = Problems("provider")
         if not isinstance(raw, dict):
             problems.error("", f"must be a JSON object, got {type(raw).__name__}")
+            return {}, problems
+        if reject_nul(raw, problems):
             return {}, problems
         doc = codec.base_fields(raw, problems)
         codec.check_unknown_keys(

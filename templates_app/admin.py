@@ -1,0 +1,166 @@
+"""Django admin for the catalog: every kind edited through structured forms, written through the services.
+
+Tenant admins see and manage their own tenants' catalog (``TenantRestrictedAdminMixin``); saves hand a Loom
+JSON document to ``catalog_entity_save`` (see ``admin_forms``), deletes go through ``catalog_entity_delete``.
+The delete confirmation lists the entities that still refer to the one being deleted, the same check the
+service makes, so a refused delete is explained before it is attempted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from tenants.admin_mixins import ServiceBackedAdminMixin, TenantListFilter, TenantRestrictedAdminMixin
+from tenants.errors import Conflict
+
+from .admin_forms import (
+    CatalogEntityForm,
+    ClusterTemplateForm,
+    HardwareTypeForm,
+    ImageTypeForm,
+    PartialTemplateForm,
+    ServiceForm,
+)
+from .kinds import get_kind
+from .models import CatalogEntity, CatalogVersion, ClusterTemplate, HardwareType, ImageType, PartialTemplate, Service
+from .services import catalog_entity_delete, catalog_view
+from .validation import dependents
+
+BASE_FIELDS = ["label", "description", "icon"]
+
+
+def pretty_json(document: Any) -> str:
+    return format_html('<pre style="white-space: pre-wrap">{}</pre>', json.dumps(document, indent=2))
+
+
+class CatalogEntityAdmin(TenantRestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmin):
+    """Shared by every catalog kind; subclasses set ``form`` (whose ``kind_key`` names the kind)."""
+
+    form: type[CatalogEntityForm] = CatalogEntityForm
+    change_form_template = "admin/templates_app/catalog_change_form.html"
+    list_display = ("name", "label", "tenant", "version", "updated_at")
+    list_filter = (TenantListFilter,)
+    search_fields = ("name", "label", "description")
+    ordering = ("tenant__name", "name")
+
+    @property
+    def kind_key(self) -> str:
+        return self.form.kind_key
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
+        if obj is None:
+            return [(None, {"fields": ["tenant", "name", *BASE_FIELDS]}), *self.get_form_fieldsets(request)]
+        if not self.has_change_permission(request, obj):
+            # View-only: the structured fields are form fields, which Django cannot show read-only.
+            return [(None, {"fields": ["tenant", "name", "version", "label", "description", "updated_at"]}),
+                    ("Loom JSON", {"fields": ["loom_json"]})]  # fmt: skip
+        return [
+            (None, {"fields": [("tenant", "version", "updated_at"), "name", *BASE_FIELDS]}),
+            *self.get_form_fieldsets(request),
+            ("Loom JSON", {"fields": ["loom_json"], "classes": ["collapse"]}),
+        ]
+
+    def get_form_fieldsets(self, request: HttpRequest) -> list[tuple[str, dict[str, Any]]]:
+        return list(self.form.fieldsets)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return () if obj is None else ("tenant", "name", "version", "updated_at", "loom_json")
+
+    @admin.display(description="Loom JSON")
+    def loom_json(self, obj: CatalogEntity) -> str:
+        """The document as the API exports it (secret values masked)."""
+        return pretty_json(get_kind(self.kind_key).export(obj))
+
+    def delete_via_service(self, request: HttpRequest, obj: Any) -> None:
+        catalog_entity_delete(tenant=obj.tenant, user=request.user, kind_key=self.kind_key, name=obj.name)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Delete in an order that works: an entity used by another selected one goes after it."""
+        pending = list(queryset.select_related("tenant"))
+        while pending:
+            refused: list[Any] = []
+            for obj in pending:
+                try:
+                    with transaction.atomic():
+                        self.delete_via_service(request, obj)
+                except Conflict:
+                    refused.append(obj)
+            if len(refused) == len(pending):
+                self.delete_via_service(request, refused[0])  # raises the service's own explanation
+            pending = refused
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, Any]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        selected = {(obj.tenant_id, obj.name) for obj in objs}
+        views: dict[int, Any] = {}
+        users: list[str] = []
+        for obj in objs:
+            if obj.tenant_id not in views:
+                views[obj.tenant_id] = catalog_view(obj.tenant)
+            for user in dependents(views[obj.tenant_id], self.kind_key, obj.name):
+                kind_singular, _, name = user.partition(" ")
+                if (obj.tenant_id, name) in selected and kind_singular == get_kind(self.kind_key).singular:
+                    continue
+                users.append(f"{obj.name} is used by {user}")
+        return deleted, counts, perms_needed, [*protected, *users]
+
+
+@admin.register(HardwareType)
+class HardwareTypeAdmin(CatalogEntityAdmin):
+    form = HardwareTypeForm
+
+
+@admin.register(ImageType)
+class ImageTypeAdmin(CatalogEntityAdmin):
+    form = ImageTypeForm
+
+
+@admin.register(Service)
+class ServiceAdmin(CatalogEntityAdmin):
+    form = ServiceForm
+
+
+@admin.register(ClusterTemplate)
+class ClusterTemplateAdmin(CatalogEntityAdmin):
+    form = ClusterTemplateForm
+
+
+@admin.register(PartialTemplate)
+class PartialTemplateAdmin(CatalogEntityAdmin):
+    form = PartialTemplateForm
+
+
+@admin.register(CatalogVersion)
+class CatalogVersionAdmin(TenantRestrictedAdminMixin, admin.ModelAdmin):
+    """Old versions, read-only: what a cluster built from version 3 was built from."""
+
+    list_display = ("name", "kind", "version", "tenant", "created_by", "created_at")
+    list_filter = (TenantListFilter, "kind")
+    list_select_related = ("tenant", "created_by")
+    search_fields = ("name",)
+    fields = ("tenant", "kind", "name", "version", "created_by", "created_at", "loom_json")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("created_by")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Loom JSON")
+    def loom_json(self, obj: CatalogVersion) -> str:
+        """The version as the API shows it; ``secret_data`` stays encrypted and is never displayed."""
+        return pretty_json(get_kind(obj.kind).export_version(obj))

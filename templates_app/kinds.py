@@ -42,9 +42,11 @@ class CatalogKind:
 
     def normalize(self, raw: Any, existing: CatalogEntity | None = None) -> tuple[Doc, Problems]:
         """Canonical document from user input. ``existing`` lets providers keep stored secrets."""
+        problems = Problems(self.singular)
         if not isinstance(raw, dict):
-            problems = Problems(self.singular)
             problems.error("", f"must be a JSON object, got {type(raw).__name__}")
+            return {}, problems
+        if reject_nul(raw, problems):
             return {}, problems
         assert self.normalizer is not None, f"{self.key} must override normalize()"
         return self.normalizer(raw)
@@ -67,6 +69,21 @@ class CatalogKind:
     def public_equal(self, obj: CatalogEntity, doc: Doc) -> bool:
         """True when writing ``doc`` would change nothing (so no new version is made)."""
         return obj.document == doc
+
+
+def reject_nul(raw: Doc, problems: Problems) -> bool:
+    """Record a problem for every NUL character (PostgreSQL text cannot hold one); True if any.
+
+    The API's JSON parser already refuses them; this covers imports from files and internal callers.
+    """
+    from loom_site.input_guards import MESSAGE, nul_paths
+
+    name = raw.get("name")
+    problems.name = name.replace("\x00", "\\0") if isinstance(name, str) else ""
+    paths = list(nul_paths(raw))
+    for path in paths:
+        problems.error(path, MESSAGE)
+    return bool(paths)
 
 
 _kinds: dict[str, CatalogKind] = {}

@@ -89,22 +89,30 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
         raise ApplicationError(f"user {username} does not exist", fields={"user": [f"no user named {username}"]})
     membership, created = Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
     before = None if created else membership.role
+    was_admin = before == Role.ADMIN
     if not created and membership.role != role:
         if membership.role == Role.ADMIN and not _other_admins(membership):
             raise Conflict(f"{username} is the last admin of tenant {tenant.name}")
         membership.role = role
         membership.save(update_fields=["role"])
-    _sync_staff_flag(user)
+    _sync_staff_flag(user, lost_admin=was_admin and role != Role.ADMIN)
     audit(tenant=tenant, actor=actor, action="create" if created else "update", kind="membership",
           name=username, summary={"before": before, "after": role})  # fmt: skip
     return membership
 
 
-def _sync_staff_flag(user: Any) -> None:
-    """Tenant admins work in the Django admin, which needs ``is_staff``; keep it in step with the role."""
+def _sync_staff_flag(user: Any, *, lost_admin: bool) -> None:
+    """Tenant admins work in the Django admin, which needs ``is_staff``.
+
+    Promotion always grants it; it is taken away only when the user just lost their last tenant-admin
+    role, so staff status given by a superuser for other reasons is left alone.
+    """
     is_admin = user.is_superuser or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
-    if user.is_staff != is_admin:
-        user.is_staff = is_admin
+    if is_admin and not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+    elif lost_admin and not is_admin and user.is_staff:
+        user.is_staff = False
         user.save(update_fields=["is_staff"])
 
 
@@ -120,7 +128,7 @@ def membership_delete(*, actor: Any, membership: Membership) -> None:
     audit(tenant=membership.tenant, actor=actor, action="delete", kind="membership",
           name=membership.user.username, summary={"before": membership.role})  # fmt: skip
     membership.delete()
-    _sync_staff_flag(membership.user)
+    _sync_staff_flag(membership.user, lost_admin=membership.role == Role.ADMIN)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,9 @@ def api_token_create(*, user: Any, name: str, expires_at: datetime | None = None
 
 @transaction.atomic
 def api_token_revoke(*, user: Any, token: ApiToken) -> ApiToken:
+    """Revoke a token of ``user`` (superusers may revoke anyone's). Someone else's token is not found."""
+    if token.user_id != user.pk and not user.is_superuser:
+        raise NotFound("token not found")
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])

@@ -43,3 +43,24 @@ def test_unknown_api_paths_use_the_error_shape(admin_a, client_for):
     response = client_for(admin_a).get("/api/v2/services/a%20b")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_nul_characters_from_files_are_problems_not_crashes(tenant_a, samples):
+    from templates_app.problems import CatalogValidationError
+    from templates_app.services import catalog_import
+
+    samples["services"][0]["description"] = "bad\x00byte"
+    samples["providers"][0]["provisioner"]["ssh_keypair"] = "k\x00"
+    with pytest.raises(CatalogValidationError) as caught:
+        catalog_import(tenant=tenant_a, user=None, data=samples)
+    found = {(p.kind, p.field) for p in caught.value.problems}
+    assert ("service", "description") in found and ("provider", "provisioner.ssh_keypair") in found
+
+
+def test_tokens_of_others_cannot_be_revoked_by_service(user_a, admin_a):
+    from tenants.errors import NotFound
+    from tenants.services import api_token_create, api_token_revoke
+
+    token = api_token_create(user=user_a, name="mine").token
+    with pytest.raises(NotFound):
+        api_token_revoke(user=admin_a, token=token)

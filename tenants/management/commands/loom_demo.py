@@ -1,0 +1,130 @@
+"""``manage.py loom_demo``: the embedded mode's bootstrap, safe to run again and again.
+
+Makes tenant ``demo``, a superuser ``admin`` (also an admin member of ``demo``) and a plain user ``demo``
+(a user member of ``demo``), and imports the bundled sample catalog into the tenant. Passwords come from
+``LOOM_DEMO_ADMIN_PASSWORD`` / ``LOOM_DEMO_USER_PASSWORD``; otherwise they are generated once and kept in
+``<LOOM_DATA_DIR>/demo-logins.json`` (mode 0600), so every run prints the same logins. A run restores the
+printed password if it was changed since, so what is printed always works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
+from templates_app.problems import CatalogValidationError
+from templates_app.services import catalog_import
+from tenants.models import Membership, Role, Tenant
+from tenants.services import tenant_save
+
+TENANT = "demo"
+# username -> (password environment variable, superuser?, role in the demo tenant)
+ACCOUNTS = {
+    "admin": ("LOOM_DEMO_ADMIN_PASSWORD", True, Role.ADMIN),
+    "demo": ("LOOM_DEMO_USER_PASSWORD", False, Role.USER),
+}
+LOGINS_FILE = "demo-logins.json"
+
+
+def _stored_passwords(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read {path}: {error}; delete it to generate new demo passwords") from error
+    return {k: v for k, v in data.items() if isinstance(v, str) and v} if isinstance(data, dict) else {}
+
+
+def _write_private(path: Path, data: dict[str, str]) -> None:
+    """Write ``data`` as JSON readable by the owner only, replacing the file atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def demo_passwords() -> dict[str, str]:
+    """Each demo account's password: its environment variable, else the stored (or a new) generated one."""
+    path = Path(settings.DATA_DIR) / LOGINS_FILE
+    stored = _stored_passwords(path)
+    generated = dict(stored)
+    passwords = {}
+    for username, (variable, _superuser, _role) in ACCOUNTS.items():
+        from_env = os.environ.get(variable, "")
+        if from_env:
+            passwords[username] = from_env
+            continue
+        generated.setdefault(username, secrets.token_urlsafe(12))
+        passwords[username] = generated[username]
+    if generated != stored:
+        _write_private(path, generated)
+    return passwords
+
+
+class Command(BaseCommand):
+    help = "Create (or refresh) the demo tenant, its admin and user, and import the sample catalog."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        passwords = demo_passwords()
+        for username, password in passwords.items():
+            if os.environ.get(ACCOUNTS[username][0]):
+                try:
+                    validate_password(password)
+                except ValidationError as error:
+                    self.stdout.write(self.style.WARNING(f"warning: weak password for {username}: {error.messages}"))
+        with transaction.atomic():
+            tenant = Tenant.objects.filter(name=TENANT).first()
+            if tenant is None:
+                # actor=None: a system call, there is no user yet to act as.
+                tenant = tenant_save(actor=None, name=TENANT, create=True, description="Demo tenant (loom_demo)")
+                self.stdout.write(f"created tenant {TENANT}")
+            for username, (_variable, superuser, role) in ACCOUNTS.items():
+                self._ensure_account(tenant, username, passwords[username], superuser=superuser, role=role)
+        try:
+            result = catalog_import(tenant=tenant, user=None, data=read_catalog_dir(SAMPLES_DIR))
+        except CatalogValidationError as error:
+            lines = "\n".join(f"  - {problem}" for problem in error.problems)
+            raise CommandError(f"sample catalog not imported; {len(error.problems)} problem(s):\n{lines}") from error
+        sections = {"created": result.created, "updated": result.updated, "unchanged": result.unchanged}
+        counts = ", ".join(f"{sum(map(len, section.values()))} {label}" for label, section in sections.items())
+        self.stdout.write(f"sample catalog imported into tenant {TENANT}: {counts}")
+        self.stdout.write("Logins:")
+        self.stdout.write(f"  admin / {passwords['admin']}   (superuser; admin of tenant {TENANT})")
+        self.stdout.write(f"  demo / {passwords['demo']}   (user of tenant {TENANT})")
+
+    def _ensure_account(self, tenant: Tenant, username: str, password: str, *, superuser: bool, role: str) -> None:
+        user, created = get_user_model().objects.get_or_create(username=username)
+        changed = created
+        for attribute, value in (("is_active", True), ("is_superuser", superuser), ("is_staff", superuser)):
+            if getattr(user, attribute) != value:
+                setattr(user, attribute, value)
+                changed = True
+        if not user.check_password(password):
+            user.set_password(password)
+            changed = True
+        if changed:
+            user.save()
+        # membership_save needs an admin actor to authorise it; at bootstrap there is none yet (the admin
+        # is being made right here), so the membership row is written directly.
+        membership, made = Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
+        if not made and membership.role != role:
+            membership.role = role
+            membership.save(update_fields=["role"])
+        if created:
+            self.stdout.write(f"created user {username}")
+        elif changed or made:
+            self.stdout.write(f"updated user {username}")
