@@ -15,14 +15,8 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from templates_app.admin import CatalogEntityAdmin
-from templates_app.admin_forms import (
-    CatalogEntityForm,
-    Doc,
-    path_rest,
-    schema_form_fields,
-    schema_initial,
-    schema_values,
-)
+from templates_app.admin_fields import Doc, path_rest, schema_form_fields, schema_initial, schema_values
+from templates_app.admin_forms import CatalogEntityForm
 from templates_app.plugin_types import PluginType, registry
 
 from .models import Provider
