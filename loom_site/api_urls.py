@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from clusters import api as clusters_api
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
 
@@ -40,6 +41,7 @@ router.register("plugins/providertypes", catalog_api.ProviderTypeViewSet, basena
 router.register("plugins/automatortypes", catalog_api.AutomatorTypeViewSet, basename="automatortype")
 
 urlpatterns = [
+    path("clusters/preview", clusters_api.ClusterPreviewApi.as_view(), name="cluster-preview"),
     path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),
     path("import", catalog_api.CatalogImportApi.as_view(), name="catalog-import"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

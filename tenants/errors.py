@@ -8,7 +8,7 @@ from typing import Any
 class ApplicationError(Exception):
     """Base of errors raised by services; the API maps them to the one error shape."""
 
-    code = "error"
+    code = "invalid"
     status = 400
 
     def __init__(
