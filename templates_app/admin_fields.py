@@ -10,6 +10,8 @@ from typing import Any
 
 from django import forms
 
+from loom_site.input_guards import nul_paths
+
 from .kinds import get_kind
 from .plugin_types import FieldSchema
 
@@ -223,16 +225,6 @@ class CatalogNames:
         return self._cache["aliases"]
 
 
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
-
-
 class JsonObjectField(forms.CharField):
     """Free-form configuration: JSON is the honest form for it. Blank means ``{}``."""
 
@@ -251,7 +243,7 @@ class JsonObjectField(forms.CharField):
             raise forms.ValidationError("must be a JSON object ({...})")
         # An escaped NUL (\u0000) parses fine but PostgreSQL cannot store it; the text field's own
         # NUL check only sees the unparsed text.
-        if _contains_nul(parsed):
+        if next(nul_paths(parsed), None) is not None:
             raise forms.ValidationError("must not contain NUL characters (\\u0000)")
         return parsed
 

@@ -14,7 +14,6 @@ same as text (``0.1`` stays a number), and keys the document had with an empty v
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 from django import forms
@@ -27,6 +26,7 @@ from tenants.models import Tenant
 
 from .admin_fields import (
     CatalogNames,
+    JsonObjectField,
     format_duration_ms,
     join_names,
     name_choices,
@@ -356,44 +356,6 @@ class ServiceForm(CatalogEntityForm):
             },
             "links": links.rows.to_document(),
         }
-
-
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
-
-
-class JsonObjectField(forms.CharField):
-    """Free-form configuration: JSON is the honest form for it. Blank means ``{}``."""
-
-    widget = forms.Textarea(attrs={"rows": 8, "cols": 80, "class": "vLargeTextField", "spellcheck": "false"})
-
-    def to_python(self, value: Any) -> Any:
-        text = super().to_python(value)
-        if not text.strip():
-            return {}
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as error:
-            message = f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
-            raise forms.ValidationError(message) from error
-        if not isinstance(parsed, dict):
-            raise forms.ValidationError("must be a JSON object ({...})")
-        # An escaped NUL (\u0000) parses fine but PostgreSQL cannot store it; the text field's own
-        # NUL check only sees the unparsed text.
-        if _contains_nul(parsed):
-            raise forms.ValidationError("must not contain NUL characters (\\u0000)")
-        return parsed
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            return json.dumps(value, indent=2) if value else ""
-        return value
 
 
 def _group_lines(groups: list[list[str]]) -> str:
