@@ -16,6 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -56,6 +57,14 @@ class ProviderFilter(CatalogFilter):
     providertype = django_filters.CharFilter(field_name="provider_type")
 
 
+class DocumentMetadata(SimpleMetadata):
+    """OPTIONS for endpoints whose bodies are Loom JSON documents: name, description, media types, and no
+    field listing (there is no serializer to introspect; the OpenAPI schema documents the format)."""
+
+    def determine_actions(self, request: Request, view: Any) -> dict[str, Any]:
+        return {}
+
+
 class GrantSerializer(serializers.Serializer):
     user = serializers.CharField()
     action = serializers.ChoiceField(choices=["view", "change", "delete"])
@@ -66,6 +75,7 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     """One catalog kind; subclasses set ``kind_key``. Entities are addressed by name."""
 
     kind_key = ""
+    metadata_class = DocumentMetadata
     parser_classes = [StrictJSONParser]  # bodies are Loom JSON documents; form encoding cannot express them
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
