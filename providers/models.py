@@ -3,6 +3,9 @@
 The public part of the document (non-sensitive fields) is stored like every catalog entity; sensitive
 values live only in ``secret_data``, a MultiFernet token of a JSON object, and never leave the server
 except to the worker that needs them.
+
+Also here: the fake provider's machines (its simulated cloud, shared by every worker process) and the
+reaper's sightings of orphaned machines.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from django.db import models
 
 from templates_app.models import CatalogEntity, _unique_name
+from tenants.models import TenantModel
 
 
 class Provider(CatalogEntity):
@@ -20,3 +24,94 @@ class Provider(CatalogEntity):
 
     class Meta(CatalogEntity.Meta):
         constraints = _unique_name("provider")
+
+
+class FakeMachine(models.Model):
+    """A machine of the ``fake`` provider type: the simulated cloud's own state.
+
+    Kept in the database, not in process memory (as libcloud's DummyNodeDriver does), so that every worker
+    process sees the same machines and a ``kill -9`` of one loses nothing. Rows are keyed by
+    ``provider_key`` so providers (and so tenants) never see each other's machines. A deleted machine keeps
+    its row with ``deleted_at`` set, as clouds keep terminated instances visible for a while; that also lets
+    tests count every machine ever made, which is how a leak shows.
+    """
+
+    provider_key = models.CharField(max_length=200)
+    machine_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=255)
+    client_token = models.CharField(max_length=128)
+    node_key = models.CharField(max_length=255)
+    tags = models.JSONField(default=dict)
+    flavor = models.CharField(max_length=255, blank=True, default="")
+    image = models.CharField(max_length=255, blank=True, default="")
+    ssh_user = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField()
+    ready_at = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            # The cloud-side half of idempotency (EC2's ClientToken): two concurrent creates of one node,
+            # e.g. a duplicate broker delivery, cannot both make a machine.
+            models.UniqueConstraint(
+                fields=["provider_key", "client_token"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="fakemachine_unique_live_token",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["provider_key", "node_key"], name="fakemachine_provider_node"),
+            models.Index(fields=["provider_key", "name"], name="fakemachine_provider_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.machine_id} ({self.name})"
+
+
+class FakeCallCount(models.Model):
+    """How often the fake driver has been asked to do ``action`` for ``subject`` (a node or machine).
+
+    The count is the attempt number that seeds the fake's random draws: every worker derives the same
+    draw for the n-th create of a node without sharing a generator or relying on the caller to pass an
+    attempt number, so a seeded run is reproducible however its tasks are spread over processes.
+    """
+
+    provider_key = models.CharField(max_length=200)
+    subject = models.CharField(max_length=255)
+    action = models.CharField(max_length=32)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider_key", "subject", "action"], name="fakecallcount_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.subject}: {self.count}"
+
+
+class OrphanSighting(TenantModel):
+    """A tagged machine the reaper found with no live node behind it, and when it first saw it.
+
+    Works for every driver (only the machine id and tags are needed). A machine is deleted only once it has
+    been an orphan for longer than the grace period, so a node whose row is being written while its
+    machine is created is never reaped; rows with ``deleted_at`` set are the record of what was reaped.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="orphan_sightings")
+    machine_id = models.CharField(max_length=255)
+    name = models.CharField(max_length=255, blank=True, default="")
+    cluster_key = models.CharField(max_length=255, blank=True, default="")
+    node_key = models.CharField(max_length=255, blank=True, default="")
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["provider", "first_seen", "pk"]
+        constraints = [models.UniqueConstraint(fields=["provider", "machine_id"], name="orphansighting_unique_machine")]
+
+    def __str__(self) -> str:
+        return f"{self.machine_id} on provider {self.provider_id}"

@@ -39,7 +39,14 @@ PROVIDER_TYPES = [
         name="fake",
         description="Simulated machines with configurable latency and failure rates, for tests and demos.",
         admin=params(
-            text("latency_ms", "Create latency (ms)", "Mean latency of a create", default="200"),
+            text("latency_ms", "Boot time (ms)", "Mean time from create until the machine is reachable", default="200"),
+            text("latency_jitter_ms", "Boot time spread (ms)", "Standard deviation; empty means a quarter of the mean"),
+            text(
+                "call_latency_ms",
+                "Call latency (ms)",
+                "Time each API call takes: a number, or per action like create=300,confirm=20,delete=100,list=50",
+                default="0",
+            ),
             text("failure_rate", "Transient failure rate", "Probability 0..1 of a transient error", default="0"),
             text("terminal_failure_rate", "Terminal failure rate", "Probability 0..1 of a terminal error", default="0"),
             text(
@@ -207,6 +214,15 @@ PROVIDER_TYPES = [
 ]
 
 AUTOMATOR_TYPES = [
+    PluginType(
+        kind="automator",
+        name="noop",
+        description="Does nothing for a while: stands in for real work on the fake provider (tests, demo, benchmarks).",
+        admin=params(
+            text("latency_ms", "Duration (ms)", "How long the action takes", default="100"),
+            text("jitter_ms", "Spread (ms)", "Standard deviation; empty means a tenth of the duration"),
+        ),
+    ),
     PluginType(
         kind="automator",
         name="shell",
