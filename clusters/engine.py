@@ -1,0 +1,498 @@
+"""The engine's database layer: persist a plan, claim a task, finish a task, retry a job (architecture.md §3).
+
+No Celery here. Whoever dispatches work passes an ``on_ready`` callback; it is called through
+``transaction.on_commit`` with the tasks that became ready, so a worker can never be handed a task whose row
+is not committed yet (house-style item 20).
+
+Concurrency model, and why:
+
+* **Claim** is one conditional UPDATE (queued → running, attempts + 1) that also requires the job to be
+  running. A duplicate broker delivery finds nothing to claim and gets None.
+* **Finish** runs in one transaction that starts by locking the job row (``FOR NO KEY UPDATE``, which does
+  not block task inserts referencing the job). Every finish of one job takes that lock first, so (a) two
+  "last" tasks finishing at once cannot both miss that the job is done, (b) a failing task dropping the
+  job's unstarted tasks cannot deadlock against a succeeding task releasing its successors, and (c) the
+  "no task is running any more" check that settles a failed job's cluster state is race-free. Finishes of
+  different jobs never contend. Claims do not take the lock.
+* Successors are released with a single ``UPDATE ... SET pending_deps = pending_deps - n ... RETURNING`` on
+  PostgreSQL (two statements on SQLite, the embedded mode). JOIN tasks reaching 0 are completed here and
+  release their own successors in the same transaction.
+* Every status change goes through ``clusters/state.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.db import connection, transaction
+from django.db.models import Count, Exists, F, Max, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from providers.secrets import redact
+from tenants.errors import Conflict
+
+from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
+from .planner import Action, Operation, Plan
+from .state import transition, transition_many
+
+logger = logging.getLogger(__name__)
+
+TASK_BATCH_SIZE = 10_000
+EDGE_BATCH_SIZE = 50_000
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 300.0
+
+UNFINISHED_TASK_STATUSES = (
+    Task.Status.WAITING,
+    Task.Status.QUEUED,
+    Task.Status.RUNNING,
+    Task.Status.FAILED,
+    Task.Status.DROPPED,
+)
+
+_JOIN = Action.JOIN.value
+# A paused job's failed task is requeued too: it simply is not handed out until the job resumes.
+_RETRYING_JOB_STATUSES = (Job.Status.RUNNING, Job.Status.PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A task to hand to a worker, after ``countdown`` seconds (non-zero for a retry after backoff)."""
+
+    task_pk: int
+    countdown: float = 0.0
+
+
+OnReady = Callable[[list[Ready]], object]
+
+
+# --- cluster state per operation (loom-reference.md §3.1, §3.3) --------------------------------------------
+
+
+def cluster_status_on_success(operation: str) -> str:
+    return Cluster.Status.TERMINATED if operation == Operation.DELETE else Cluster.Status.ACTIVE
+
+
+def cluster_status_on_failure(operation: str) -> str:
+    """Create and delete leave an INCOMPLETE cluster (still deletable); any later action INCONSISTENT."""
+    if operation in (Operation.CREATE, Operation.DELETE):
+        return Cluster.Status.INCOMPLETE
+    return Cluster.Status.INCONSISTENT
+
+
+def retry_delay(attempt: int, *, rng: random.Random | None = None) -> float:
+    """Backoff before retry number ``attempt`` (1 = after the first failure): 5 s doubling, 5 min cap,
+    "equal jitter" (between half and all of it) so a burst of failures does not come back in lockstep."""
+    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
+    return base / 2 + (rng or random).uniform(0, base / 2)
+
+
+def log_tail(text: str, limit: int = LOG_TAIL_LIMIT) -> str:
+    """The last ``limit`` bytes of ``text`` (UTF-8), never cutting a character in half."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[-limit:].decode(errors="ignore")
+
+
+# --- persist -------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_persist_plan(*, job: Job, plan: Plan, nodes_by_key: Mapping[str, Node]) -> list[int]:
+    """Store ``plan`` as the job's tasks and edges; returns the pks of the tasks that are ready at once.
+
+    Preconditions: the job has no tasks yet and is not started; ``nodes_by_key`` maps every planner
+    ``node_id`` of the plan to a saved Node. Tasks and edges are inserted in batches (array INSERTs on
+    PostgreSQL, ``bulk_create`` elsewhere) and edges mapped to task pks by key, so a 170,000-task plan costs
+    about two dozen statements, not one per row. A task's counter is its in-degree; tasks at 0 are stored
+    queued, and the caller hands them out when it starts the job (``job_start``). Raises Conflict when the
+    job already has tasks.
+    """
+    if job.status != Job.Status.NOT_STARTED or Task.objects.filter(job_id=job.pk).exists():
+        raise Conflict(f"job {job.pk} already has a plan")
+    tenant_id = Cluster.objects.filter(pk=job.cluster_id).values_list("tenant_id", flat=True).get()
+    pending = plan.pending_counts()
+    statuses = _initial_statuses(plan, pending)
+    node_pks = {key: node.pk for key, node in nodes_by_key.items()}
+    missing = {t.node_id for t in plan.tasks if t.node_id is not None and t.node_id not in node_pks}
+    if missing:
+        raise ValueError(f"no Node for planner node ids {sorted(missing)[:5]}")
+    node_of = [None if spec.node_id is None else node_pks[spec.node_id] for spec in plan.tasks]
+    if connection.vendor == "postgresql":
+        pks = _insert_tasks_postgresql(job=job, tenant_id=tenant_id, plan=plan, node_of=node_of,
+                                       pending=pending, statuses=statuses)  # fmt: skip
+        _insert_edges_postgresql(job_pk=job.pk, edges=[(pks[a], pks[b]) for a, b in plan.edges])
+    else:
+        rows = [
+            Task(
+                tenant_id=tenant_id,
+                job_id=job.pk,
+                node_id=node_of[spec.key],
+                key=spec.key,
+                action=spec.action.value,
+                service=spec.service,
+                label=spec.label,
+                stage=spec.stage,
+                pending_deps=pending[spec.key],
+                status=statuses[spec.key],
+                max_attempts=job.max_attempts,
+            )
+            for spec in plan.tasks
+        ]
+        pks = [task.pk for task in Task.objects.bulk_create(rows, batch_size=TASK_BATCH_SIZE)]
+        TaskEdge.objects.bulk_create(
+            [TaskEdge(job_id=job.pk, predecessor_id=pks[a], successor_id=pks[b]) for a, b in plan.edges],
+            batch_size=EDGE_BATCH_SIZE,
+        )
+    return [pks[key] for key, status in enumerate(statuses) if status == Task.Status.QUEUED]
+
+
+def _insert_tasks_postgresql(
+    *, job: Job, tenant_id: int, plan: Plan, node_of: list[int | None], pending: list[int], statuses: list[str]
+) -> list[int]:
+    """``INSERT ... SELECT FROM unnest(<one array per column>) RETURNING id, key``, one statement per
+    TASK_BATCH_SIZE tasks. Building 170,000 model instances for ``bulk_create`` costs more than the insert
+    itself; arrays skip that. Pks are mapped back by key, since RETURNING order is not guaranteed."""
+    table = connection.ops.quote_name(Task._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (tenant_id, job_id, node_id, key, action, service, label, stage, pending_deps, "
+        "status, attempts, max_attempts, timeout_seconds, waiting_reason, worker) "
+        "SELECT %s, %s, t.node_id, t.key, t.action, t.service, t.label, t.stage, t.pending_deps, t.status, "
+        "0, %s, %s, '', '' FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[], "
+        "%s::integer[], %s::integer[], %s::text[]) "
+        "AS t(node_id, key, action, service, label, stage, pending_deps, status) RETURNING id, key"
+    )
+    timeout = Task._meta.get_field("timeout_seconds").get_default()
+    pks = [0] * len(plan.tasks)
+    with connection.cursor() as cursor:
+        for start in range(0, len(plan.tasks), TASK_BATCH_SIZE):
+            chunk = plan.tasks[start : start + TASK_BATCH_SIZE]
+            columns = [
+                [node_of[t.key] for t in chunk],
+                [t.key for t in chunk],
+                [t.action.value for t in chunk],
+                [t.service for t in chunk],
+                [t.label for t in chunk],
+                [t.stage for t in chunk],
+                [pending[t.key] for t in chunk],
+                [str(statuses[t.key]) for t in chunk],
+            ]
+            cursor.execute(sql, [tenant_id, job.pk, job.max_attempts, timeout, *columns])
+            for pk, key in cursor.fetchall():
+                pks[key] = pk
+    return pks
+
+
+def _insert_edges_postgresql(*, job_pk: int, edges: list[tuple[int, int]]) -> None:
+    table = connection.ops.quote_name(TaskEdge._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (job_id, predecessor_id, successor_id) "
+        "SELECT %s, e.predecessor_id, e.successor_id FROM unnest(%s::bigint[], %s::bigint[]) "
+        "AS e(predecessor_id, successor_id)"
+    )
+    with connection.cursor() as cursor:
+        for start in range(0, len(edges), EDGE_BATCH_SIZE):
+            chunk = edges[start : start + EDGE_BATCH_SIZE]
+            cursor.execute(sql, [job_pk, [a for a, _ in chunk], [b for _, b in chunk]])
+
+
+def _initial_statuses(plan: Plan, pending: list[int]) -> list[str]:
+    """Queued for tasks without predecessors, waiting for the rest. A JOIN with no predecessor (the planner
+    does not emit one, but nothing would ever release it) is stored completed and releases its successors
+    here, in memory; keys are topological, so one pass in key order settles cascades."""
+    statuses: list[str] = []
+    successors: list[list[int]] | None = None
+    for spec in plan.tasks:
+        if pending[spec.key] == 0 and spec.action is Action.JOIN:
+            statuses.append(Task.Status.COMPLETED)
+            successors = successors if successors is not None else plan.successors()
+            for successor in successors[spec.key]:
+                pending[successor] -= 1
+        elif pending[spec.key] == 0:
+            statuses.append(Task.Status.QUEUED)
+        else:
+            statuses.append(Task.Status.WAITING)
+    return statuses
+
+
+# --- start / resume ------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_start(*, job: Job, on_ready: OnReady) -> list[Ready]:
+    """Move a not-started or paused job to running and hand every queued task to ``on_ready`` on commit.
+
+    Raises Conflict when the job is in neither state. Queued tasks with a backoff keep their countdown.
+    """
+    now = timezone.now()
+    started = transition(
+        Job, job.pk, to=Job.Status.RUNNING, extra_updates={"started_at": Coalesce(F("started_at"), Value(now))}
+    )
+    if not started:
+        raise Conflict(f"job {job.pk} cannot be started from {job.status}")
+    ready = [
+        Ready(pk, _countdown(not_before, now))
+        for pk, not_before in Task.objects.filter(job_id=job.pk, status=Task.Status.QUEUED)
+        .order_by("key")
+        .values_list("pk", "not_before")
+    ]
+    _enqueue(ready, on_ready)
+    return ready
+
+
+def _countdown(not_before: object, now: datetime) -> float:
+    if not_before is None:
+        return 0.0
+    return max(0.0, (not_before - now).total_seconds())
+
+
+# --- claim ---------------------------------------------------------------------------------------------------
+
+
+def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
+    """Claim a queued task of a running job for ``worker``; None when there is nothing to claim.
+
+    One conditional UPDATE (queued → running, attempts + 1, worker, heartbeat) decides; the TaskAttempt row
+    is created in the same transaction. None means a duplicate delivery, a task someone else claimed, or a
+    job that is paused or failed meanwhile: the caller just exits.
+    """
+    now = timezone.now()
+    job_running = Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING))
+    with transaction.atomic():
+        claimed = transition(
+            Task.objects.filter(job_running),
+            task_pk,
+            to=Task.Status.RUNNING,
+            extra_updates={"attempts": F("attempts") + 1, "worker": worker, "heartbeat_at": now, "not_before": None},
+        )
+        if not claimed:
+            return None
+        # Numbers run on across a job retry (which resets ``attempts``, the budget of the current run); the
+        # claimed row is ours, so no one else inserts an attempt for it meanwhile.
+        last = TaskAttempt.objects.filter(task_id=task_pk).aggregate(n=Max("number"))["n"] or 0
+        number = last + 1
+        return TaskAttempt.objects.create(task_id=task_pk, number=number, worker=worker, started_at=now)
+
+
+# --- finish --------------------------------------------------------------------------------------------------
+
+
+def task_finish(
+    *,
+    attempt: TaskAttempt,
+    outcome: str,
+    error_class: str | None = None,
+    retryable: bool = False,
+    log: str = "",
+    on_ready: OnReady,
+) -> list[Ready]:
+    """Record how ``attempt`` ended and move the job forward; returns the tasks that became ready.
+
+    Success: the task completes, its successors' counters drop, those at 0 are queued (JOINs completed and
+    cascaded), and the last task completes the job and the cluster. Failure: with ``retryable`` and attempts
+    left, the task is queued again with a backoff (returned with its countdown); otherwise the task and the
+    job fail, every waiting/queued task of the job is dropped, and once nothing runs any more the cluster
+    takes the operation's failure status. Ready tasks reach ``on_ready`` on commit, only while the job runs
+    (a paused job's queued tasks are handed out by ``job_start`` on resume).
+
+    Idempotent: a second finish of the same attempt, or the finish of an attempt that no longer owns the task
+    (the janitor requeued it), records nothing more on the task and returns [].
+    """
+    now = timezone.now()
+    text = redact(log)
+    succeeded = outcome == TaskAttempt.Outcome.SUCCEEDED
+    with transaction.atomic():
+        task = Task.objects.only("pk", "job_id", "key", "attempts", "max_attempts").get(pk=attempt.task_id)
+        job = _lock_job(task.job_id)
+        closed = TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
+            outcome=outcome,
+            finished_at=now,
+            error_class=error_class or "",
+            retryable=retryable,
+            log=text,
+            log_tail=log_tail(text),
+        )
+        # The attempt still owns the task only if no later attempt exists (the janitor may have requeued it).
+        owner = Task.objects.filter(
+            ~Exists(TaskAttempt.objects.filter(task_id=OuterRef("pk"), number__gt=attempt.number))
+        )
+        ready: list[Ready] = []
+        if not closed:
+            return []
+        if succeeded:
+            if not transition(owner, task.pk, to=Task.Status.COMPLETED, extra_updates={"heartbeat_at": None}):
+                return []
+            ready = [Ready(pk) for pk in _release([task.pk])]
+        elif retryable and task.attempts < task.max_attempts and job.status in _RETRYING_JOB_STATUSES:
+            delay = retry_delay(task.attempts)
+            requeued = transition(
+                owner,
+                task.pk,
+                to=Task.Status.QUEUED,
+                extra_updates={"not_before": now + timedelta(seconds=delay), "worker": "", "heartbeat_at": None},
+            )
+            if not requeued:
+                return []
+            ready = [Ready(task.pk, delay)]
+        else:
+            if not transition(owner, task.pk, to=Task.Status.FAILED, extra_updates={"heartbeat_at": None}):
+                return []
+            reason = error_class or outcome
+            _job_fail(job, message=f"task {task.key} failed after {task.attempts} attempt(s): {reason}", now=now)
+        _settle(job, now=now, may_be_done=succeeded and not ready)
+        if job.status == Job.Status.RUNNING:
+            _enqueue(ready, on_ready)
+        logger.info(
+            "task finished",
+            extra={"job": job.pk, "task": task.pk, "attempt": attempt.pk, "outcome": outcome, "ready": len(ready)},
+        )
+        return ready
+
+
+def _lock_job(job_pk: int) -> Job:
+    return Job.objects.select_for_update(no_key=True).only("pk", "status", "operation", "cluster_id").get(pk=job_pk)
+
+
+def _enqueue(ready: list[Ready], on_ready: OnReady) -> None:
+    if ready:
+        transaction.on_commit(partial(on_ready, list(ready)))
+
+
+def _job_fail(job: Job, *, message: str, now: datetime) -> None:
+    """Fail the job (if it is not already) and drop every task that has not started."""
+    if transition(Job, job.pk, to=Job.Status.FAILED, extra_updates={"finished_at": now, "message": message}):
+        job.status = Job.Status.FAILED
+        logger.warning("job failed", extra={"job": job.pk, "cluster": job.cluster_id, "reason": message})
+    transition_many(Task.objects.filter(job_id=job.pk), to=Task.Status.DROPPED)
+
+
+def _settle(job: Job, *, now: datetime, may_be_done: bool) -> None:
+    """Complete the job and the cluster after its last task, or give a failed job's cluster its failure
+    status once nothing of the job is running. The caller holds the job lock, so exactly one finish sees
+    the job's end."""
+    if job.status == Job.Status.RUNNING and may_be_done:
+        if Task.objects.filter(job_id=job.pk, status__in=UNFINISHED_TASK_STATUSES).exists():
+            return
+        if transition(Job, job.pk, to=Job.Status.COMPLETED, extra_updates={"finished_at": now}):
+            job.status = Job.Status.COMPLETED
+            transition(
+                Cluster,
+                job.cluster_id,
+                to=cluster_status_on_success(job.operation),
+                extra_updates={"status_message": ""},
+            )
+            logger.info("job completed", extra={"job": job.pk, "cluster": job.cluster_id})
+    elif job.status in (Job.Status.FAILED, Job.Status.ABORTED):
+        if Task.objects.filter(job_id=job.pk, status=Task.Status.RUNNING).exists():
+            return
+        status, message = _failure_status(job)
+        transition(Cluster, job.cluster_id, to=status, extra_updates={"status_message": message})
+
+
+def _failure_status(job: Job) -> tuple[str, str]:
+    """A create that completed no task at all created nothing to keep: the cluster is TERMINATED, as in the
+    original (loom-reference §3.3). Otherwise the operation's failure status."""
+    message = Job.objects.filter(pk=job.pk).values_list("message", flat=True).get()
+    if (
+        job.operation == Operation.CREATE
+        and not Task.objects.filter(job_id=job.pk, status=Task.Status.COMPLETED).exclude(action=_JOIN).exists()
+    ):
+        return Cluster.Status.TERMINATED, "Unable to create nodes, please check your provider settings"
+    return cluster_status_on_failure(job.operation), message
+
+
+def _release(completed: Sequence[int]) -> list[int]:
+    """Decrement the successors of ``completed``; queue real tasks reaching 0, complete JOINs reaching 0 and
+    release theirs in turn. Returns the pks of the newly queued tasks.
+
+    Only waiting successors move: in a failed job they are dropped and stay so (``job_retry`` recomputes
+    their counters from the edges).
+    """
+    queued: list[int] = []
+    frontier = list(completed)
+    while frontier:
+        released = [(pk, action) for pk, pending, action, status in _decrement_successors(frontier)
+                    if pending == 0 and status == Task.Status.WAITING]  # fmt: skip
+        real = sorted(pk for pk, action in released if action != _JOIN)
+        joins = sorted(pk for pk, action in released if action == _JOIN)
+        if real:
+            transition_many(Task.objects.filter(pk__in=real), to=Task.Status.QUEUED)
+            queued.extend(real)
+        if joins:
+            transition_many(Task.objects.filter(pk__in=joins), to=Task.Status.COMPLETED)
+        frontier = joins
+    return queued
+
+
+def _decrement_successors(predecessors: Iterable[int]) -> list[tuple[int, int, str, str]]:
+    """``pending_deps -= <edges from predecessors>`` on every successor; returns (pk, pending, action, status)
+    after the decrement. One statement on PostgreSQL, two elsewhere."""
+    predecessors = list(predecessors)
+    if connection.vendor == "postgresql":
+        task_table = connection.ops.quote_name(Task._meta.db_table)
+        edge_table = connection.ops.quote_name(TaskEdge._meta.db_table)
+        sql = (
+            f"UPDATE {task_table} AS t SET pending_deps = t.pending_deps - e.n "  # only table names are interpolated
+            f"FROM (SELECT successor_id, COUNT(*) AS n FROM {edge_table} "
+            f"WHERE predecessor_id = ANY(%s) GROUP BY successor_id) AS e "
+            f"WHERE t.id = e.successor_id RETURNING t.id, t.pending_deps, t.action, t.status"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [predecessors])
+            return [tuple(row) for row in cursor.fetchall()]  # type: ignore[misc]
+    edges = TaskEdge.objects.filter(predecessor_id__in=predecessors)
+    count = edges.filter(successor_id=OuterRef("pk")).order_by().values("successor_id").annotate(n=Count("pk"))
+    successors = Task.objects.filter(pk__in=edges.values("successor_id"))
+    successors.update(pending_deps=F("pending_deps") - Subquery(count.values("n")))
+    return list(successors.values_list("pk", "pending_deps", "action", "status"))
+
+
+# --- retry ---------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_retry(*, job: Job, on_ready: OnReady) -> list[Ready]:
+    """Re-run a failed job's failed and dropped tasks; completed tasks are not run again.
+
+    Preconditions: the job failed, it is the cluster's latest job, and the cluster has settled into a
+    failure state (no task of the job still running). Each re-run task gets its attempts back and a counter
+    recomputed from its edges whose predecessor has not completed; job → running, cluster → pending.
+    Raises Conflict otherwise. The tasks ready at once reach ``on_ready`` on commit.
+    """
+    job = _lock_job(job.pk)
+    if job.status != Job.Status.FAILED:
+        raise Conflict(f"only a failed job can be retried; job {job.pk} is {job.status}")
+    if Job.objects.filter(cluster_id=job.cluster_id, pk__gt=job.pk).exists():
+        raise Conflict(f"job {job.pk} is not the cluster's latest job")
+    if not transition(Cluster, job.cluster_id, to=Cluster.Status.PENDING, extra_updates={"status_message": ""}):
+        raise Conflict("the cluster is still busy or terminated; a job can be retried once its tasks have ended")
+    transition(Job, job.pk, to=Job.Status.RUNNING, extra_updates={"finished_at": None, "message": ""})
+    unfinished_predecessors = (
+        TaskEdge.objects.filter(successor_id=OuterRef("pk"))
+        .exclude(Exists(Task.objects.filter(pk=OuterRef("predecessor_id"), status=Task.Status.COMPLETED)))
+        .order_by()
+        .values("successor_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    rerun = Task.objects.filter(job_id=job.pk, status__in=(Task.Status.FAILED, Task.Status.DROPPED))
+    rerun.update(pending_deps=Coalesce(Subquery(unfinished_predecessors), Value(0)))
+    transition_many(rerun, to=Task.Status.WAITING, extra_updates={"attempts": 0, "worker": "", "not_before": None})
+    free = Task.objects.filter(job_id=job.pk, status=Task.Status.WAITING, pending_deps=0)
+    joins = list(free.filter(action=_JOIN).values_list("pk", flat=True))
+    real = list(free.exclude(action=_JOIN).order_by("key").values_list("pk", flat=True))
+    if real:
+        transition_many(Task.objects.filter(pk__in=real), to=Task.Status.QUEUED)
+    if joins:
+        transition_many(Task.objects.filter(pk__in=joins), to=Task.Status.COMPLETED)
+    ready = [Ready(pk) for pk in [*real, *_release(joins)]]
+    logger.info("job retried", extra={"job": job.pk, "cluster": job.cluster_id, "ready": len(ready)})
+    _enqueue(ready, on_ready)
+    return ready
