@@ -356,6 +356,49 @@ def task_finish(
         return ready
 
 
+def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_ready: OnReady) -> list[Ready]:
+    """Give the claim of ``attempt`` back without spending an attempt: the work was found not ready yet.
+
+    For "waiting is not working" (architecture.md §3): a confirm that finds the machine still booting is a
+    poll, not a try. The poll's TaskAttempt row is deleted and ``attempts`` decremented, so the retry budget
+    counts only real failures; the task is queued again with ``not_before = now + countdown`` and
+    ``waiting_reason = reason``, and handed to ``on_ready`` with that countdown on commit while the job runs.
+    A paused job's task waits queued for ``job_start``; a failed or aborted job's task is dropped and the
+    cluster settled, as a failing finish would. Idempotent like ``task_finish``: an attempt that is already
+    closed or no longer owns the task changes nothing and returns [].
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        task = Task.objects.only("pk", "job_id").get(pk=attempt.task_id)
+        job = _lock_job(task.job_id)
+        owner = Task.objects.filter(
+            ~Exists(TaskAttempt.objects.filter(task_id=OuterRef("pk"), number__gt=attempt.number))
+        )
+        requeued = transition(
+            owner,
+            task.pk,
+            to=Task.Status.QUEUED,
+            extra_updates={
+                "attempts": F("attempts") - 1,
+                "not_before": now + timedelta(seconds=countdown),
+                "worker": "",
+                "heartbeat_at": None,
+                "waiting_reason": reason[:255],
+            },
+        )
+        if not requeued or not TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).delete()[0]:
+            transaction.set_rollback(True)
+            return []
+        ready: list[Ready] = []
+        if job.status == Job.Status.RUNNING:
+            ready = [Ready(task.pk, countdown)]
+            _enqueue(ready, on_ready)
+        elif job.status not in _RETRYING_JOB_STATUSES:
+            transition_many(Task.objects.filter(pk=task.pk), to=Task.Status.DROPPED)
+            _settle(job, now=now, may_be_done=False)
+        return ready
+
+
 def _lock_job(job_pk: int) -> Job:
     return Job.objects.select_for_update(no_key=True).only("pk", "status", "operation", "cluster_id").get(pk=job_pk)
 

@@ -1,0 +1,222 @@
+"""Run one task of a job: claim it, do its work against the provider or an automator, record how it ended.
+
+``task_run`` is what a worker calls for "run task N" (``clusters.tasks.task_run_task``):
+
+1. ``engine.task_claim``: a duplicate delivery, a task someone else holds, or a job that is no longer
+   running gets None and the call returns at once.
+2. ``task_execute`` does the work, outside any database transaction: drivers and automators make network
+   calls, which must not hold row locks (and the fake driver writes through the caller's connection).
+3. The outcome goes back to the engine:
+
+   * success → ``task_finish(succeeded)``; the successors that became ready reach ``on_ready`` on commit;
+   * ``NotReady(retry_after)`` (the machine is still booting) → ``engine.task_release``: the claim is given
+     back, the poll's attempt row is removed and the attempt not counted, and the task is queued again with
+     ``retry_after`` as countdown. A boot that takes ten polls therefore never exhausts the retry budget, and
+     no worker thread is held while a machine boots (architecture.md §3, "waiting is not working");
+   * ``TransientError`` → a retryable failure (the engine backs off, up to the task's ``max_attempts``);
+   * ``TerminalError`` or any other exception → a terminal failure, failing the job.
+
+   Every failure records the error class and a log (redacted by the engine, tail kept on the attempt).
+
+Which machine to talk to is derived from the database only (the node's ``node_key`` and ``machine_id``),
+never from the message, so a retried or duplicated task does the same thing again: creates are idempotent
+by client token and node tag, deletes of a missing machine succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from providers.automators import noop
+from providers.drivers.base import Driver, MachineSpec, NotReady, TerminalError, TransientError
+from providers.models import Provider
+from providers.services import provider_driver
+from templates_app.models import Service
+
+from .engine import OnReady, Ready, task_claim, task_finish, task_release
+from .models import Cluster, Node, Task, TaskAttempt
+from .planner import Action
+
+logger = logging.getLogger(__name__)
+
+# Service actions and the automator types that can carry them out; only ``noop`` exists so far.
+SERVICE_ACTIONS = frozenset(
+    {Action.INSTALL, Action.CONFIGURE, Action.INITIALIZE, Action.START, Action.STOP, Action.REMOVE}
+)
+AUTOMATORS_NEEDING_BOOTSTRAP: frozenset[str] = frozenset()  # noop needs nothing on the node
+
+
+@dataclass(frozen=True)
+class Waiting(Exception):
+    """Raised inside ``task_execute`` when the work is not ready yet (wraps a driver's ``NotReady``)."""
+
+    countdown: float
+    reason: str
+
+
+def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
+    """Claim task ``task_pk`` for ``worker``, execute it and finish (or release) it; returns what became ready
+    (already handed to ``on_ready`` on commit). Returns [] when there was nothing to claim."""
+    attempt = task_claim(task_pk=task_pk, worker=worker)
+    if attempt is None:
+        logger.info("nothing to claim", extra={"task": task_pk, "worker": worker})
+        return []
+    try:
+        log = task_execute(task_pk=task_pk)
+    except Waiting as waiting:
+        return task_release(attempt=attempt, countdown=waiting.countdown, reason=waiting.reason, on_ready=on_ready)
+    except TransientError as error:
+        return _fail(attempt, error, retryable=True, on_ready=on_ready)
+    except TerminalError as error:
+        return _fail(attempt, error, retryable=False, on_ready=on_ready)
+    except Exception as error:  # anything unexpected is a bug or an unclassified failure: do not retry it
+        logger.exception("task %s failed unexpectedly", task_pk, extra={"task": task_pk})
+        return _fail(attempt, error, retryable=False, on_ready=on_ready, trace=True)
+    return task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=log, on_ready=on_ready)
+
+
+def _fail(
+    attempt: TaskAttempt, error: Exception, *, retryable: bool, on_ready: OnReady, trace: bool = False
+) -> list[Ready]:
+    log = f"{type(error).__name__}: {error}\n"
+    if trace:
+        log += "".join(traceback.format_exception(error))
+    return task_finish(
+        attempt=attempt,
+        outcome=TaskAttempt.Outcome.FAILED,
+        error_class=type(error).__name__,
+        retryable=retryable,
+        log=log,
+        on_ready=on_ready,
+    )
+
+
+def task_execute(*, task_pk: int) -> str:
+    """Do the work of one claimed task; returns its output. Raises ``Waiting``, ``DriverError`` subclasses or
+    anything else (see ``task_run`` for how each is classified). Must be called outside a transaction."""
+    task = Task.objects.select_related("node", "job__cluster").get(pk=task_pk)
+    node, cluster = task.node, task.job.cluster
+    action = Action(task.action)
+    if action is Action.JOIN or node is None:
+        return "join point: nothing to do\n"
+    if action is Action.CREATE:
+        return _create(cluster, node)
+    if action is Action.CONFIRM:
+        return _confirm(cluster, node, task_pk=task.pk)
+    if action is Action.BOOTSTRAP:
+        return "bootstrap: no automators need bootstrap\n"
+    if action is Action.DELETE:
+        return _delete(cluster, node)
+    if action in SERVICE_ACTIONS:
+        return _service_action(cluster, node, service=task.service, action=action)
+    raise TerminalError(f"no executor for action {action}")
+
+
+# --- hardware actions ----------------------------------------------------------------------------------------
+
+
+def cluster_key(cluster: Cluster) -> str:
+    """The ``loom-cluster`` tag and machine name stem of a cluster's machines."""
+    return f"c{cluster.pk}-{cluster.name}"
+
+
+def cluster_driver(cluster: Cluster) -> Driver:
+    """The driver for the cluster's provider, configured from the provider version the cluster pinned.
+
+    Identity (``provider_key``, hence which machines the driver sees) is the live provider row's, so the
+    reaper and the cluster talk about the same machines; fields come from the pinned version.
+    """
+    provider = Provider.objects.filter(tenant_id=cluster.tenant_id, name=cluster.provider_name).first()
+    if provider is None:
+        raise TerminalError(f"provider {cluster.provider_name} no longer exists")
+    pinned = cluster.provider_version
+    document = pinned.document or {}
+    provider.provider_type = document.get("providertype", provider.provider_type)
+    provider.document = document
+    provider.secret_data = pinned.secret_data
+    return provider_driver(provider=provider)
+
+
+def machine_spec(cluster: Cluster, node: Node) -> MachineSpec:
+    return MachineSpec.for_node(
+        cluster_key=cluster_key(cluster),
+        node_key=node.node_key,
+        node_number=node.number,
+        flavor=node.flavor,
+        image=node.image_id,
+        ssh_user=node.ssh_user or "root",
+    )
+
+
+def _create(cluster: Cluster, node: Node) -> str:
+    machine = cluster_driver(cluster).create(machine_spec(cluster, node))
+    Node.objects.filter(pk=node.pk).update(machine_id=machine.machine_id)
+    return f"machine {machine.machine_id} ({machine.name}) created, state {machine.state}\n"
+
+
+def _confirm(cluster: Cluster, node: Node, *, task_pk: int) -> str:
+    if not node.machine_id:
+        raise TerminalError(f"node {node.number} has no machine to confirm")
+    try:
+        reachable = cluster_driver(cluster).confirm(machine_spec(cluster, node), node.machine_id)
+    except NotReady as not_ready:
+        raise Waiting(countdown=not_ready.retry_after, reason=str(not_ready)[:255]) from not_ready
+    updates: dict[str, Any] = {
+        "ip_addresses": dict(reachable.ip_addresses),
+        "ssh_user": reachable.ssh_user,
+        "status": Node.Status.ACTIVE,
+    }
+    if reachable.host_key:
+        updates["host_key"] = reachable.host_key
+    if reachable.credentials_ref:
+        updates["credentials_ref"] = reachable.credentials_ref
+    if not node.hostname:
+        updates["hostname"] = reachable.hostname
+    Node.objects.filter(pk=node.pk).update(**updates)
+    Task.objects.filter(pk=task_pk).exclude(waiting_reason="").update(waiting_reason="")
+    addresses = ", ".join(f"{k}={v}" for k, v in sorted(reachable.ip_addresses.items()))
+    return f"machine {node.machine_id} reachable as {reachable.hostname} ({addresses})\n"
+
+
+def _delete(cluster: Cluster, node: Node) -> str:
+    """Delete the node's machine. A node without a recorded machine may still have one (a create whose reply
+    was lost before the job failed): look it up by its ``loom-node`` tag, so a delete never leaks."""
+    driver = cluster_driver(cluster)
+    machine_ids = [node.machine_id] if node.machine_id else []
+    if not machine_ids:
+        machine_ids = [m.machine_id for m in driver.list_tagged() if m.node_key == node.node_key]
+    for machine_id in machine_ids:
+        driver.delete(machine_id)
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.DELETED)
+    if not machine_ids:
+        return f"node {node.number} has no machine; nothing to delete\n"
+    return f"machine(s) {', '.join(machine_ids)} deleted\n"
+
+
+# --- service actions -----------------------------------------------------------------------------------------
+
+
+def _service_action(cluster: Cluster, node: Node, *, service: str, action: Action) -> str:
+    """Run ``action`` of ``service`` on the node with the automator the service names for it."""
+    document = (
+        Service.objects.filter(tenant_id=cluster.tenant_id, name=service).values_list("document", flat=True).first()
+    )
+    if document is None:
+        raise TerminalError(f"service {service} no longer exists")
+    definition = (document.get("provisioner") or {}).get("actions", {}).get(str(action))
+    if not definition:
+        raise TerminalError(f"service {service} defines no {action} action")
+    automator = definition.get("type", "")
+    fields = definition.get("fields") or {}
+    if automator == "noop":
+        result = noop.run(
+            f"{service}.{action}",
+            latency_ms=fields.get("latency_ms", 100) or 100,
+            jitter_ms=fields.get("jitter_ms") or None,
+            seed=node.node_key,
+        )
+        return result.output
+    raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")

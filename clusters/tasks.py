@@ -1,0 +1,30 @@
+"""Celery tasks of the engine: thin, ids only (house-style item 19).
+
+The broker carries "run task N" and nothing else; the database decides whether N may run (the claim), so a
+duplicate delivery is a no-op. Workers use the thread pool (I/O-bound work), so the worker id names the
+host and the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import shared_task
+
+from .engine import Ready
+
+
+def enqueue(ready: list[Ready]) -> None:
+    """Hand ready tasks to the broker. Only ever called through ``transaction.on_commit`` (the engine's
+    ``on_ready`` callback), so a worker never receives a task whose row is not committed."""
+    for item in ready:
+        task_run_task.apply_async((item.task_pk,), countdown=item.countdown or None)
+
+
+@shared_task(bind=True, ignore_result=True, acks_late=True)
+def task_run_task(self: object, task_pk: int) -> None:
+    from .runner import task_run
+
+    hostname = getattr(getattr(self, "request", None), "hostname", None) or "local"
+    worker = f"{hostname}/{threading.current_thread().name}"
+    task_run(task_pk=task_pk, worker=worker, on_ready=enqueue)
