@@ -17,7 +17,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from tenants.admin_mixins import ServiceBackedAdminMixin, TenantListFilter, TenantRestrictedAdminMixin
+from tenants.admin_mixins import (
+    ReadOnlyAdminMixin,
+    ServiceBackedAdminMixin,
+    TenantListFilter,
+    TenantRestrictedAdminMixin,
+)
 from tenants.errors import Conflict
 
 from .admin_forms import (
@@ -138,7 +143,7 @@ class PartialTemplateAdmin(CatalogEntityAdmin):
 
 
 @admin.register(CatalogVersion)
-class CatalogVersionAdmin(TenantRestrictedAdminMixin, admin.ModelAdmin):
+class CatalogVersionAdmin(ReadOnlyAdminMixin, TenantRestrictedAdminMixin, admin.ModelAdmin):
     """Old versions, read-only: what a cluster built from version 3 was built from."""
 
     list_display = ("name", "kind", "version", "tenant", "created_by", "created_at")
@@ -150,15 +155,6 @@ class CatalogVersionAdmin(TenantRestrictedAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("created_by")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="Loom JSON")
     def loom_json(self, obj: CatalogVersion) -> str:

@@ -20,7 +20,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.admin.widgets import FilteredSelectMultiple
 
-from tenants.admin_mixins import ServiceFormMixin, add_error_safely, administered_tenants
+from tenants.admin_mixins import ServiceFormMixin, add_error_safely, limit_tenant_field
 from tenants.errors import ApplicationError, Conflict
 from tenants.models import Tenant
 
@@ -88,13 +88,8 @@ class CatalogEntityForm(ServiceFormMixin, forms.ModelForm):
         self.adding = self.instance.pk is None
         self.kind = get_kind(self.kind_key)
         self.original: Doc = self.kind.export(self.instance) if not self.adding else {}
-        if self.adding:
-            tenants = administered_tenants(self.request)
-            self.fields["tenant"].queryset = tenants
-            if len(tenants) > 1:
-                self.fields["tenant"].empty_label = "---------"
-        else:
-            del self.fields["tenant"]
+        limit_tenant_field(self, self.request, adding=self.adding)
+        if not self.adding:
             del self.fields["name"]
         self.add_dynamic_fields()
         self.names = CatalogNames(self.request.user, self.catalog_tenant_pks())

@@ -18,13 +18,14 @@ from django.utils.html import format_html
 
 from . import selectors, services
 from .admin_mixins import (
+    ReadOnlyAdminMixin,
     RestrictedAdminMixin,
     ServiceBackedAdminMixin,
     ServiceFormMixin,
     TenantListFilter,
     admin_tenant_pks,
-    administered_tenants,
     is_platform_admin,
+    limit_tenant_field,
     member_tenant_pks,
 )
 from .errors import Conflict
@@ -141,13 +142,8 @@ class MembershipForm(ServiceFormMixin, forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.adding = self.instance.pk is None
-        if self.adding:
-            tenants = administered_tenants(self.request)
-            self.fields["tenant"].queryset = tenants
-            if len(tenants) > 1:
-                self.fields["tenant"].empty_label = "---------"
-        else:
-            del self.fields["tenant"]
+        limit_tenant_field(self, self.request, adding=self.adding)
+        if not self.adding:
             del self.fields["username"]
             self.initial.setdefault("role", self.instance.role)
 
@@ -223,7 +219,8 @@ class MembershipAdmin(RestrictedAdminMixin, ServiceBackedAdminMixin, admin.Model
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(RestrictedAdminMixin, admin.ModelAdmin):
+class ApiTokenAdmin(ReadOnlyAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
+    # No add: a new key is shown once, by the API; the admin has nowhere safe to show it. Revoke is an action.
     """Read-only, with a revoke action. Users see their own tokens; superusers see all. The hash is never
     shown: only the prefix, which is what a user recognises a token by."""
 
@@ -261,22 +258,12 @@ class ApiTokenAdmin(RestrictedAdminMixin, admin.ModelAdmin):
             obj is None or is_platform_admin(request) or obj.user_id == user.pk
         )
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # A new key is shown once, by the API or the self-service pages; the admin has nowhere safe to show it.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 # --- audit trail --------------------------------------------------------------------------------------
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(RestrictedAdminMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     """Read-only. Tenant admins see the events of the tenants they administer; events without a tenant
     (tokens, deleted tenants) are for superusers."""
 
@@ -307,12 +294,3 @@ class AuditEventAdmin(RestrictedAdminMixin, admin.ModelAdmin):
             return True
         admins = admin_tenant_pks(request)
         return bool(admins) if obj is None else obj.tenant_id in admins
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

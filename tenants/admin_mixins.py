@@ -67,6 +67,30 @@ def administered_tenants(request: HttpRequest) -> QuerySet[Tenant]:
     return Tenant.objects.filter(pk__in=admin_tenant_pks(request)).order_by("name")
 
 
+def limit_tenant_field(form: forms.BaseForm, request: HttpRequest, *, adding: bool) -> None:
+    """On add, offer only the tenants the user administers; on change the tenant is fixed, so drop the field."""
+    if adding:
+        tenants = administered_tenants(request)
+        form.fields["tenant"].queryset = tenants  # type: ignore[attr-defined]
+        if len(tenants) > 1:
+            form.fields["tenant"].empty_label = "---------"  # type: ignore[attr-defined]
+    else:
+        del form.fields["tenant"]
+
+
+class ReadOnlyAdminMixin:
+    """Records written only by services (versions, tokens, audit events): the admin lists and shows them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class TenantListFilter(admin.SimpleListFilter):
     """A tenant filter that lists only tenants the user belongs to.
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,11 @@ SHARED_SAMPLES_DIR = REPO_ROOT.parent / "shared" / "catalog-samples"
 
 
 def catalog_dir(which: str) -> Path:
-    """The bundled copy, or ../shared/catalog-samples beside the repository (required in CI)."""
+    """The bundled copy, or ../shared/catalog-samples beside the repository (always required)."""
     if which == "bundled":
         return SAMPLES_DIR
     if not SHARED_SAMPLES_DIR.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{SHARED_SAMPLES_DIR} is missing; CI must check out ../shared beside the repository")
-        pytest.skip(f"{SHARED_SAMPLES_DIR} is not present on this machine")
+        pytest.fail(f"{SHARED_SAMPLES_DIR} is missing: the project is checked out with ../shared beside it")
     return SHARED_SAMPLES_DIR
 
 

@@ -36,7 +36,8 @@ def test_preview_of_the_lamp_template(admin, user_a, client_for):
     assert preview["cost"] == {"hourly": pytest.approx(1.08), "complete": True, "unknown_hardwaretypes": []}
     assert [n["hostname"] for n in preview["nodes"]] == ["shop-1000.local", "shop-1001.local", "shop-1002.local"]
     plan = preview["plan"]
-    assert plan["by_action"]["create"] == 3 and plan["by_action"]["delete"] if "delete" in plan["by_action"] else True
+    assert plan["by_action"]["create"] == 3 and plan["by_action"]["confirm"] == 3
+    assert "delete" not in plan["by_action"]
     assert plan["critical_path"] >= 7  # create, confirm, bootstrap, install, configure, (initialize,) start
     tasks = plan["task_list"]
     assert len([t for t in tasks if t["action"] != Action.JOIN]) == plan["tasks"]
