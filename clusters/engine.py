@@ -30,15 +30,17 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, Max, OuterRef, Subquery, Value
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from providers.secrets import redact
 from tenants.errors import Conflict
+from tenants.models import Tenant
 
 from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from .planner import Action, Operation, Plan
+from .signals import JobEvent, JobEventData, send_job_event
 from .state import transition, transition_many
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ UNFINISHED_TASK_STATUSES = (
 )
 
 _JOIN = Action.JOIN.value
+PAUSED_REASON = "job paused"
 # A paused job's failed task is requeued too: it simply is not handed out until the job resumes.
 _RETRYING_JOB_STATUSES = (Job.Status.RUNNING, Job.Status.PAUSED)
 
@@ -227,22 +230,56 @@ def _initial_statuses(plan: Plan, pending: list[int]) -> list[str]:
 
 @transaction.atomic
 def job_start(*, job: Job, on_ready: OnReady) -> list[Ready]:
-    """Move a not-started or paused job to running and hand every queued task to ``on_ready`` on commit.
+    """Move a not-started or paused job to running and dispatch its queued tasks (on commit).
 
-    Raises Conflict when the job is in neither state. Queued tasks with a backoff keep their countdown.
+    Raises Conflict when the job is in neither state. Queued tasks with a backoff keep their countdown. What
+    is handed out is limited by the tenant's worker budget (see ``_dispatch``); the rest waits, saying why.
     """
     now = timezone.now()
+    was = Job.objects.filter(pk=job.pk).values_list("status", "cluster__tenant_id").first()
     started = transition(
         Job, job.pk, to=Job.Status.RUNNING, extra_updates={"started_at": Coalesce(F("started_at"), Value(now))}
     )
-    if not started:
+    if not started or was is None:
         raise Conflict(f"job {job.pk} cannot be started from {job.status}")
-    ready = [
-        Ready(pk, _countdown(not_before, now))
-        for pk, not_before in Task.objects.filter(job_id=job.pk, status=Task.Status.QUEUED)
-        .order_by("key")
-        .values_list("pk", "not_before")
-    ]
+    status, tenant_id = was
+    queued = Task.objects.filter(job_id=job.pk, status=Task.Status.QUEUED)
+    queued.filter(waiting_reason=PAUSED_REASON).update(waiting_reason="")
+    ready = _dispatch(tenant_id, fresh=list(queued.order_by("key").values_list("pk", flat=True)), now=now)
+    if status == Job.Status.NOT_STARTED:
+        send_job_event(JobEventData(JobEvent.STARTED, tenant_id, job.cluster_id, job.pk))
+    _enqueue(ready, on_ready)
+    return ready
+
+
+@transaction.atomic
+def job_pause(*, job: Job) -> None:
+    """Stop handing out the job's tasks; running tasks finish, their successors wait queued for a resume
+    (``job_start``). Raises Conflict unless the job is running."""
+    job = _lock_job(job.pk)
+    if not transition(Job, job.pk, to=Job.Status.PAUSED):
+        raise Conflict(f"only a running job can be paused; job {job.pk} is {job.status}")
+    # Messages already sent find a paused job and claim nothing; the tasks stop counting against the budget.
+    Task.objects.filter(job_id=job.pk, status=Task.Status.QUEUED).update(
+        dispatched_at=None, waiting_reason="job paused"
+    )
+
+
+@transaction.atomic
+def job_abort(*, job: Job, message: str, on_ready: OnReady) -> list[Ready]:
+    """End a running or paused job now: unstarted tasks are dropped, running ones end on their own, and the
+    cluster takes the operation's failure status once nothing runs (delete it, or retry is not offered:
+    an aborted job is final). Raises Conflict for a job that has already ended."""
+    now = timezone.now()
+    job = _lock_job(job.pk)
+    if not transition(Job, job.pk, to=Job.Status.ABORTED, extra_updates={"finished_at": now, "message": message}):
+        raise Conflict(f"job {job.pk} has already ended ({job.status})")
+    job.status = Job.Status.ABORTED
+    transition_many(Task.objects.filter(job_id=job.pk), to=Task.Status.DROPPED)
+    tenant_id = Cluster.objects.filter(pk=job.cluster_id).values_list("tenant_id", flat=True).get()
+    send_job_event(JobEventData(JobEvent.ABORTED, tenant_id, job.cluster_id, job.pk, message))
+    _settle(job, now=now, may_be_done=False)
+    ready = _dispatch(tenant_id, fresh=[], now=now)  # the dropped tasks freed budget for other jobs
     _enqueue(ready, on_ready)
     return ready
 
@@ -270,7 +307,13 @@ def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
             Task.objects.filter(job_running),
             task_pk,
             to=Task.Status.RUNNING,
-            extra_updates={"attempts": F("attempts") + 1, "worker": worker, "heartbeat_at": now, "not_before": None},
+            extra_updates={
+                "attempts": F("attempts") + 1,
+                "worker": worker,
+                "heartbeat_at": now,
+                "not_before": None,
+                "waiting_reason": "",
+            },
         )
         if not claimed:
             return None
@@ -309,7 +352,7 @@ def task_finish(
     text = redact(log)
     succeeded = outcome == TaskAttempt.Outcome.SUCCEEDED
     with transaction.atomic():
-        task = Task.objects.only("pk", "job_id", "key", "attempts", "max_attempts").get(pk=attempt.task_id)
+        task = Task.objects.only("pk", "tenant_id", "job_id", "key", "attempts", "max_attempts").get(pk=attempt.task_id)
         job = _lock_job(task.job_id)
         closed = TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
             outcome=outcome,
@@ -336,7 +379,13 @@ def task_finish(
                 owner,
                 task.pk,
                 to=Task.Status.QUEUED,
-                extra_updates={"not_before": now + timedelta(seconds=delay), "worker": "", "heartbeat_at": None},
+                extra_updates={
+                    "not_before": now + timedelta(seconds=delay),
+                    "worker": "",
+                    "heartbeat_at": None,
+                    "dispatched_at": None,
+                    "waiting_reason": _retry_reason(task, error_class or outcome),
+                },
             )
             if not requeued:
                 return []
@@ -347,13 +396,14 @@ def task_finish(
             reason = error_class or outcome
             _job_fail(job, message=f"task {task.key} failed after {task.attempts} attempt(s): {reason}", now=now)
         _settle(job, now=now, may_be_done=succeeded and not ready)
-        if job.status == Job.Status.RUNNING:
-            _enqueue(ready, on_ready)
+        fresh = [item.task_pk for item in ready] if job.status == Job.Status.RUNNING else []
+        dispatched = _dispatch(task.tenant_id, fresh=fresh, now=now)
+        _enqueue(dispatched, on_ready)
         logger.info(
             "task finished",
             extra={"job": job.pk, "task": task.pk, "attempt": attempt.pk, "outcome": outcome, "ready": len(ready)},
         )
-        return ready
+        return dispatched
 
 
 def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_ready: OnReady) -> list[Ready]:
@@ -369,7 +419,7 @@ def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_read
     """
     now = timezone.now()
     with transaction.atomic():
-        task = Task.objects.only("pk", "job_id").get(pk=attempt.task_id)
+        task = Task.objects.only("pk", "tenant_id", "job_id").get(pk=attempt.task_id)
         job = _lock_job(task.job_id)
         owner = Task.objects.filter(
             ~Exists(TaskAttempt.objects.filter(task_id=OuterRef("pk"), number__gt=attempt.number))
@@ -383,24 +433,36 @@ def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_read
                 "not_before": now + timedelta(seconds=countdown),
                 "worker": "",
                 "heartbeat_at": None,
+                "dispatched_at": None,
                 "waiting_reason": reason[:255],
             },
         )
         if not requeued or not TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).delete()[0]:
             transaction.set_rollback(True)
             return []
-        ready: list[Ready] = []
+        fresh: list[int] = []
         if job.status == Job.Status.RUNNING:
-            ready = [Ready(task.pk, countdown)]
-            _enqueue(ready, on_ready)
+            fresh = [task.pk]
         elif job.status not in _RETRYING_JOB_STATUSES:
             transition_many(Task.objects.filter(pk=task.pk), to=Task.Status.DROPPED)
             _settle(job, now=now, may_be_done=False)
+        ready = _dispatch(task.tenant_id, fresh=fresh, now=now)
+        _enqueue(ready, on_ready)
         return ready
 
 
+def _retry_reason(task: Task, cause: str) -> str:
+    return f"retry {task.attempts + 1} of {task.max_attempts} after {cause}"[:255]
+
+
 def _lock_job(job_pk: int) -> Job:
-    return Job.objects.select_for_update(no_key=True).only("pk", "status", "operation", "cluster_id").get(pk=job_pk)
+    """Lock the job row (not the cluster's) and read what finishing needs, including the tenant."""
+    return (
+        Job.objects.select_for_update(no_key=True, of=("self",))
+        .only("pk", "status", "operation", "cluster_id")
+        .annotate(tenant_id=F("cluster__tenant_id"))
+        .get(pk=job_pk)
+    )
 
 
 def _enqueue(ready: list[Ready], on_ready: OnReady) -> None:
@@ -413,6 +475,7 @@ def _job_fail(job: Job, *, message: str, now: datetime) -> None:
     if transition(Job, job.pk, to=Job.Status.FAILED, extra_updates={"finished_at": now, "message": message}):
         job.status = Job.Status.FAILED
         logger.warning("job failed", extra={"job": job.pk, "cluster": job.cluster_id, "reason": message})
+        send_job_event(JobEventData(JobEvent.FAILED, job.tenant_id, job.cluster_id, job.pk, message))
     transition_many(Task.objects.filter(job_id=job.pk), to=Task.Status.DROPPED)
 
 
@@ -432,6 +495,7 @@ def _settle(job: Job, *, now: datetime, may_be_done: bool) -> None:
                 extra_updates={"status_message": ""},
             )
             logger.info("job completed", extra={"job": job.pk, "cluster": job.cluster_id})
+            send_job_event(JobEventData(JobEvent.SUCCEEDED, job.tenant_id, job.cluster_id, job.pk))
     elif job.status in (Job.Status.FAILED, Job.Status.ABORTED):
         if Task.objects.filter(job_id=job.pk, status=Task.Status.RUNNING).exists():
             return
@@ -509,9 +573,10 @@ def job_retry(*, job: Job, on_ready: OnReady) -> list[Ready]:
     recomputed from its edges whose predecessor has not completed; job → running, cluster → pending.
     Raises Conflict otherwise. The tasks ready at once reach ``on_ready`` on commit.
     """
+    now = timezone.now()
     job = _lock_job(job.pk)
-    if job.status != Job.Status.FAILED:
-        raise Conflict(f"only a failed job can be retried; job {job.pk} is {job.status}")
+    if job.status not in (Job.Status.FAILED, Job.Status.ABORTED):
+        raise Conflict(f"only a failed or aborted job can be retried; job {job.pk} is {job.status}")
     if Job.objects.filter(cluster_id=job.cluster_id, pk__gt=job.pk).exists():
         raise Conflict(f"job {job.pk} is not the cluster's latest job")
     if not transition(Cluster, job.cluster_id, to=Cluster.Status.PENDING, extra_updates={"status_message": ""}):
@@ -527,7 +592,11 @@ def job_retry(*, job: Job, on_ready: OnReady) -> list[Ready]:
     )
     rerun = Task.objects.filter(job_id=job.pk, status__in=(Task.Status.FAILED, Task.Status.DROPPED))
     rerun.update(pending_deps=Coalesce(Subquery(unfinished_predecessors), Value(0)))
-    transition_many(rerun, to=Task.Status.WAITING, extra_updates={"attempts": 0, "worker": "", "not_before": None})
+    transition_many(
+        rerun,
+        to=Task.Status.WAITING,
+        extra_updates={"attempts": 0, "worker": "", "not_before": None, "dispatched_at": None, "waiting_reason": ""},
+    )
     free = Task.objects.filter(job_id=job.pk, status=Task.Status.WAITING, pending_deps=0)
     joins = list(free.filter(action=_JOIN).values_list("pk", flat=True))
     real = list(free.exclude(action=_JOIN).order_by("key").values_list("pk", flat=True))
@@ -535,7 +604,64 @@ def job_retry(*, job: Job, on_ready: OnReady) -> list[Ready]:
         transition_many(Task.objects.filter(pk__in=real), to=Task.Status.QUEUED)
     if joins:
         transition_many(Task.objects.filter(pk__in=joins), to=Task.Status.COMPLETED)
-    ready = [Ready(pk) for pk in [*real, *_release(joins)]]
+    ready = _dispatch(job.tenant_id, fresh=[*real, *_release(joins)], now=now)
     logger.info("job retried", extra={"job": job.pk, "cluster": job.cluster_id, "ready": len(ready)})
+    send_job_event(JobEventData(JobEvent.STARTED, job.tenant_id, job.cluster_id, job.pk, "retry"))
     _enqueue(ready, on_ready)
+    return ready
+
+
+# --- dispatch within the tenant's worker budget (architecture.md §3, fair share) ------------------------------
+
+
+def _dispatch(tenant_id: int, *, fresh: Sequence[int], now: datetime, scan: bool = False) -> list[Ready]:
+    """Decide which queued tasks go to the broker now; returns them, with their backoff countdowns.
+
+    A tenant's ``workers`` budget caps its tasks in flight (running, or queued and already sent). With a
+    budget, the tenant row is locked so two finishes cannot both fill the last slot; the oldest-ready tasks
+    of the tenant's running jobs (``fresh`` ones included) go first, and the ones left behind record
+    ``tenant budget N/N busy``. Any finish of the tenant's tasks calls this again, so nothing waits forever:
+    a slot is either free (and filled here) or held by a task whose end dispatches again. A budget of 0
+    means unlimited: ``fresh`` is sent as is, without the lock (``scan`` also sends every other queued task
+    not sent yet, for the janitor).
+
+    Why here and not in the broker: one tenant's 1,000-task job would otherwise fill the queue ahead of
+    another tenant's 3 tasks. Capping what each tenant has in the broker keeps another tenant's small job
+    at most ``budget`` tasks behind.
+    """
+    tasks = Task.objects.filter(tenant_id=tenant_id)
+    budget = Tenant.objects.filter(pk=tenant_id).values_list("workers", flat=True).first() or 0
+    job_running = Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING))
+    waiting = tasks.filter(job_running, status=Task.Status.QUEUED, dispatched_at__isnull=True)
+    if budget == 0:
+        if not fresh and not scan:
+            return []
+        chosen = waiting if scan else tasks.filter(pk__in=fresh, status=Task.Status.QUEUED)
+        rows = list(chosen.order_by("job_id", "key").values_list("pk", "not_before"))
+        tasks.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
+        return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
+    Tenant.objects.select_for_update().filter(pk=tenant_id).values_list("pk", flat=True).get()
+    in_flight = tasks.filter(
+        Q(status=Task.Status.RUNNING) | Q(status=Task.Status.QUEUED, dispatched_at__isnull=False)
+    ).count()
+    free = max(0, budget - in_flight)
+    rows = list(
+        waiting.order_by(F("not_before").asc(nulls_first=True), "job_id", "key").values_list("pk", "not_before")[
+            :free
+        ]
+    ) if free else []  # fmt: skip
+    if rows:
+        tasks.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
+    if free <= len(rows):
+        reason = f"tenant budget {budget}/{budget} busy"
+        waiting.exclude(pk__in=[pk for pk, _ in rows]).exclude(waiting_reason=reason).update(waiting_reason=reason)
+    return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
+
+
+def tenant_dispatch(*, tenant_id: int, on_ready: OnReady) -> list[Ready]:
+    """Dispatch whatever the tenant's budget allows now (the janitor's safety net, or after a budget
+    change); the normal path dispatches from ``job_start``, ``task_finish`` and ``task_release``."""
+    with transaction.atomic():
+        ready = _dispatch(tenant_id, fresh=[], now=timezone.now(), scan=True)
+        _enqueue(ready, on_ready)
     return ready

@@ -61,6 +61,9 @@ class Cluster(TenantModel):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_message = models.TextField(blank=True, default="")
     expires_at = models.DateTimeField(null=True, blank=True)
+    lease_warned_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the lease warning for the current expiry was sent."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -130,6 +133,9 @@ class Job(models.Model):
     operation = models.CharField(max_length=32, choices=[(o.value, o.value) for o in Operation])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NOT_STARTED)
     message = models.TextField(blank=True, default="")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     max_attempts = models.PositiveSmallIntegerField(default=DEFAULT_MAX_ATTEMPTS)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -175,6 +181,9 @@ class Task(models.Model):
     worker = models.CharField(max_length=255, blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     not_before = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a queued task was handed to the broker; empty while it waits."
+    )
 
     class Meta:
         ordering = ["job", "key"]
@@ -190,6 +199,12 @@ class Task(models.Model):
             # The janitor: running tasks whose heartbeat stopped; also the tenant budget count.
             models.Index(fields=["heartbeat_at"], condition=Q(status="running"), name="task_running_heartbeat"),
             models.Index(fields=["tenant"], condition=Q(status="running"), name="task_running_tenant"),
+            # The janitor: dispatched tasks nobody claimed (a lost message) are sent again.
+            models.Index(
+                fields=["dispatched_at"],
+                condition=Q(status="queued", dispatched_at__isnull=False),
+                name="task_dispatched",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -240,3 +255,79 @@ class TaskAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of task {self.task_id}"
+
+
+class Webhook(TenantModel):
+    """A tenant's endpoint for lifecycle events, signed with HMAC-SHA256 over the body with ``secret``.
+
+    The secret is a MultiFernet token (``providers.secrets``), write-only in the API like provider secrets.
+    An empty ``events`` list means every event.
+    """
+
+    name = models.CharField(max_length=255, validators=[name_validator])
+    url = models.URLField(max_length=2000)
+    secret_data = models.TextField(blank=True, default="")
+    events = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="webhook_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or being sent) to one webhook: the delivery log, retried with backoff."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhookdelivery_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.webhook_id} ({self.status})"
+
+
+class IdempotencyRecord(models.Model):
+    """The stored answer to a POST made with an ``Idempotency-Key`` header, replayed for the same key.
+
+    ``fingerprint`` hashes method, path and body: the same key with a different request is refused (422)
+    rather than answered with the first request's result.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user", "key"], name="idempotency_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key

@@ -243,6 +243,42 @@ class Plan:
         return chain
 
 
+def staged(plan: Plan) -> Plan:
+    """The same plan with a barrier after every stage: no task of stage s+1 starts before all of stage s
+    ended. This is how the original ran a job (loom-reference §5.4); Loom runs the DAG as is, and keeps
+    this only to compare the two (``LOOM_SCHEDULING=staged``, ``bench/makespan.py``).
+
+    One JOIN per stage boundary keeps the extra edges linear in the task count.
+    """
+    if plan.stages < 2:
+        return plan
+    by_stage: list[list[int]] = [[] for _ in range(plan.stages)]
+    for task in plan.tasks:
+        by_stage[task.stage].append(task.key)
+    new_key: dict[int, int] = {}
+    tasks: list[TaskSpec] = []
+    barriers: list[int] = []
+    for stage, keys in enumerate(by_stage):
+        for key in keys:
+            new_key[key] = len(tasks)
+            spec = plan.tasks[key]
+            tasks.append(TaskSpec(len(tasks), spec.node_id, spec.action, spec.service, spec.stage, spec.label))
+        if stage < plan.stages - 1:
+            barriers.append(len(tasks))
+            tasks.append(TaskSpec(len(tasks), None, Action.JOIN, "", stage, f"end of stage {stage + 1}"))
+    edges = {(new_key[a], new_key[b]) for a, b in plan.edges}
+    for stage, barrier in enumerate(barriers):
+        edges.update((new_key[key], barrier) for key in by_stage[stage])
+        edges.update((barrier, new_key[key]) for key in by_stage[stage + 1])
+    return Plan(
+        operation=plan.operation,
+        tasks=tuple(tasks),
+        edges=tuple(sorted(edges)),
+        stages=plan.stages,
+        critical_path=plan.critical_path,
+    )
+
+
 # --- service dependency graphs (loom-reference.md §5.3) --------------------------------------------------
 
 

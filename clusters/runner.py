@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from providers.automators import noop
@@ -37,6 +36,7 @@ from providers.services import provider_driver
 from templates_app.models import Service
 
 from .engine import OnReady, Ready, task_claim, task_finish, task_release
+from .heartbeat import heartbeat
 from .models import Cluster, Node, Task, TaskAttempt
 from .planner import Action
 
@@ -49,12 +49,15 @@ SERVICE_ACTIONS = frozenset(
 AUTOMATORS_NEEDING_BOOTSTRAP: frozenset[str] = frozenset()  # noop needs nothing on the node
 
 
-@dataclass(frozen=True)
 class Waiting(Exception):
-    """Raised inside ``task_execute`` when the work is not ready yet (wraps a driver's ``NotReady``)."""
+    """Raised inside ``task_execute`` when the work is not ready yet (wraps a driver's ``NotReady``).
 
-    countdown: float
-    reason: str
+    A plain exception, not a frozen dataclass: context managers on the way out set ``__traceback__``."""
+
+    def __init__(self, *, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
 
 
 def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
@@ -65,7 +68,8 @@ def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
         logger.info("nothing to claim", extra={"task": task_pk, "worker": worker})
         return []
     try:
-        log = task_execute(task_pk=task_pk)
+        with heartbeat.beating(task_pk, worker):
+            log = task_execute(task_pk=task_pk)
     except Waiting as waiting:
         return task_release(attempt=attempt, countdown=waiting.countdown, reason=waiting.reason, on_ready=on_ready)
     except TransientError as error:
@@ -176,7 +180,6 @@ def _confirm(cluster: Cluster, node: Node, *, task_pk: int) -> str:
     if not node.hostname:
         updates["hostname"] = reachable.hostname
     Node.objects.filter(pk=node.pk).update(**updates)
-    Task.objects.filter(pk=task_pk).exclude(waiting_reason="").update(waiting_reason="")
     addresses = ", ".join(f"{k}={v}" for k, v in sorted(reachable.ip_addresses.items()))
     return f"machine {node.machine_id} reachable as {reachable.hostname} ({addresses})\n"
 

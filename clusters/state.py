@@ -36,8 +36,8 @@ CLUSTER_TRANSITIONS: Mapping[str, frozenset[str]] = {
 }
 
 JOB_TRANSITIONS: Mapping[str, frozenset[str]] = {
-    # Failed → running is the user's retry.
-    J.RUNNING: frozenset({J.NOT_STARTED, J.PAUSED, J.FAILED}),
+    # Failed or aborted → running is the user's retry.
+    J.RUNNING: frozenset({J.NOT_STARTED, J.PAUSED, J.FAILED, J.ABORTED}),
     J.PAUSED: frozenset({J.RUNNING}),
     J.COMPLETED: frozenset({J.RUNNING}),
     J.FAILED: frozenset({J.NOT_STARTED, J.RUNNING, J.PAUSED}),

@@ -28,3 +28,12 @@ def task_run_task(self: object, task_pk: int) -> None:
     hostname = getattr(getattr(self, "request", None), "hostname", None) or "local"
     worker = f"{hostname}/{threading.current_thread().name}"
     task_run(task_pk=task_pk, worker=worker, on_ready=enqueue)
+
+
+@shared_task(ignore_result=True)
+def engine_janitor() -> dict[str, int]:
+    """Beat entry point of ``clusters.janitor.janitor_run``; returns counts for the worker log."""
+    from .janitor import janitor_run
+
+    report = janitor_run(on_ready=enqueue)
+    return {name: len(pks) for name, pks in vars(report).items()}

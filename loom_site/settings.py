@@ -14,6 +14,7 @@ from pathlib import Path
 
 import environ
 from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -196,6 +197,20 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TASK_ALWAYS_EAGER = env.bool("LOOM_CELERY_EAGER", default=False)
+
+# --- Engine ---------------------------------------------------------------------------------------
+# ``dag`` dispatches a task as soon as its dependencies end; ``staged`` adds the original's barrier after
+# every stage (for comparison only).
+LOOM_SCHEDULING = env.str("LOOM_SCHEDULING", default="dag")
+if LOOM_SCHEDULING not in ("dag", "staged"):
+    raise ImproperlyConfigured(f"LOOM_SCHEDULING must be dag or staged, not {LOOM_SCHEDULING!r}")
+LOOM_HEARTBEAT_SECONDS = env.float("LOOM_HEARTBEAT_SECONDS", default=10.0)
+LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
+LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
+LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
+CELERY_BEAT_SCHEDULE = {
+    "engine-janitor": {"task": "clusters.tasks.engine_janitor", "schedule": LOOM_JANITOR_SECONDS},
+}
 
 # --- Loom limits ----------------------------------------------------------------------------------
 LOOM_MAX_CLUSTER_SIZE = env.int("LOOM_MAX_CLUSTER_SIZE", default=10000)
