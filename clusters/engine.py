@@ -146,6 +146,7 @@ def job_persist_plan(*, job: Job, plan: Plan, nodes_by_key: Mapping[str, Node]) 
                 pending_deps=pending[spec.key],
                 status=statuses[spec.key],
                 max_attempts=job.max_attempts,
+                timeout_seconds=job.task_timeout_seconds,
             )
             for spec in plan.tasks
         ]
@@ -172,7 +173,7 @@ def _insert_tasks_postgresql(
         "%s::integer[], %s::integer[], %s::text[]) "
         "AS t(node_id, key, action, service, label, stage, pending_deps, status) RETURNING id, key"
     )
-    timeout = Task._meta.get_field("timeout_seconds").get_default()
+    timeout = job.task_timeout_seconds
     pks = [0] * len(plan.tasks)
     with connection.cursor() as cursor:
         for start in range(0, len(plan.tasks), TASK_BATCH_SIZE):

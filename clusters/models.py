@@ -56,6 +56,9 @@ class Cluster(TenantModel):
     provider_version = models.ForeignKey("templates_app.CatalogVersion", on_delete=models.PROTECT, related_name="+")
     size = models.PositiveIntegerField()
     services = models.JSONField(default=list, blank=True)
+    service_versions = models.JSONField(
+        default=dict, blank=True, help_text="The catalog version of every service, pinned at create: name → version."
+    )
     config = models.JSONField(default=dict, blank=True)
     dns_suffix = models.CharField(max_length=255, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -119,7 +122,8 @@ class Node(models.Model):
 
 
 class Job(models.Model):
-    """One cluster operation. ``max_attempts`` is the per-template retry limit copied onto each task."""
+    """One cluster operation. ``max_attempts`` and ``task_timeout_seconds`` come from the template's
+    administration section and are copied onto each task when the plan is stored."""
 
     class Status(models.TextChoices):
         NOT_STARTED = "not_started", "Not started"
@@ -137,6 +141,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     max_attempts = models.PositiveSmallIntegerField(default=DEFAULT_MAX_ATTEMPTS)
+    task_timeout_seconds = models.PositiveIntegerField(default=DEFAULT_TASK_TIMEOUT_SECONDS)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

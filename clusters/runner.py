@@ -33,11 +33,11 @@ from providers.automators import noop
 from providers.drivers.base import Driver, MachineSpec, NotReady, TerminalError, TransientError
 from providers.models import Provider
 from providers.services import provider_driver
-from templates_app.models import Service
 
 from .engine import OnReady, Ready, task_claim, task_finish, task_release
 from .heartbeat import heartbeat
 from .models import Cluster, Node, Task, TaskAttempt
+from .pins import pinned_service_documents
 from .planner import Action
 
 logger = logging.getLogger(__name__)
@@ -204,9 +204,7 @@ def _delete(cluster: Cluster, node: Node) -> str:
 
 def _service_action(cluster: Cluster, node: Node, *, service: str, action: Action) -> str:
     """Run ``action`` of ``service`` on the node with the automator the service names for it."""
-    document = (
-        Service.objects.filter(tenant_id=cluster.tenant_id, name=service).values_list("document", flat=True).first()
-    )
+    document = pinned_service_documents(cluster, [service]).get(service)
     if document is None:
         raise TerminalError(f"service {service} no longer exists")
     definition = (document.get("provisioner") or {}).get("actions", {}).get(str(action))

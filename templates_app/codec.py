@@ -397,9 +397,12 @@ def _constraints(raw: Any, problems: Problems) -> Doc:
     }
 
 
+MAX_TASK_ATTEMPTS = 20
+
+
 def _administration(raw: Any, problems: Problems) -> Doc:
     section = as_object(raw, problems, "administration")
-    check_unknown_keys(section, {"leaseduration"}, problems, "administration")
+    check_unknown_keys(section, {"leaseduration", "maxattempts", "tasktimeout"}, problems, "administration")
     lease = as_object(section.get("leaseduration"), problems, "administration.leaseduration")
     check_unknown_keys(lease, {"initial", "max", "step"}, problems, "administration.leaseduration")
     result = {
@@ -416,7 +419,22 @@ def _administration(raw: Any, problems: Problems) -> Doc:
             "administration.leaseduration.step",
             f"lease step ({result['step']} ms) cannot be more than max lease ({result['max']} ms)",
         )
-    return {"leaseduration": result}
+    administration: Doc = {"leaseduration": result}
+    # Loom additions, kept out of the document when unset so canonical exports stay the original's shape:
+    # attempts per task (loom-reference §5.6: 3 by default) and the per-task timeout (1800 s by default).
+    if section.get("maxattempts") is not None:
+        attempts = _count(section["maxattempts"], problems, "administration.maxattempts", minimum=1)
+        if attempts is not None and attempts > MAX_TASK_ATTEMPTS:
+            problems.error("administration.maxattempts", f"must be at most {MAX_TASK_ATTEMPTS}")
+        elif attempts is not None:
+            administration["maxattempts"] = attempts
+    if section.get("tasktimeout") is not None:
+        timeout = parse_duration_ms(section["tasktimeout"], problems, "administration.tasktimeout")
+        if timeout < 1000:
+            problems.error("administration.tasktimeout", 'must be at least 1 second (1000 ms or "1s")')
+        else:
+            administration["tasktimeout"] = timeout
+    return administration
 
 
 def _template_parts(raw: Doc, problems: Problems) -> Doc:
