@@ -7,158 +7,28 @@ machine. Nothing here is eager: each task is a broker message, each finish publi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-import redis
-from django.db import connection
 
-from clusters.engine import Ready, job_retry, task_claim, task_release
+from clusters.engine import Ready, task_claim, task_release
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
 from clusters.planner import Action
 from clusters.runner import task_run
 from clusters.services.lifecycle import cluster_create, cluster_delete
 from clusters.services.preview import PreviewRequest
 from clusters.state import transition
-from clusters.tasks import enqueue
-from loom_site.celery import app
-from providers.models import FakeCallCount, FakeMachine, Provider
+from providers.models import FakeCallCount, Provider
 from providers.services import provider_key
 from templates_app.services import catalog_import
 from tenants.errors import Conflict
 
+from .workers import catalog, machines, run_to_completion
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ROOT = Path(__file__).resolve().parents[2]
-REDIS = "redis://127.0.0.1:6379"
-CLAIM_KEY = "loom-test-execution-claim"
-TIMEOUT_S = 120
-
-
-def _database_url() -> str:
-    settings = connection.settings_dict
-    password = f":{quote(settings['PASSWORD'])}" if settings.get("PASSWORD") else ""
-    host = settings.get("HOST") or "127.0.0.1"
-    port = settings.get("PORT") or 5432
-    return f"postgres://{quote(settings['USER'])}{password}@{host}:{port}/{settings['NAME']}"
-
-
-def _claim_redis_db() -> int:
-    """A Redis database no one else is using: claimed with SET NX (expiring), emptied before use."""
-    for number in range(14, 0, -1):  # 15 is tests/loom_site's round-trip test's, 0 the default
-        client = redis.Redis.from_url(f"{REDIS}/{number}")
-        if client.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900):
-            for key in client.scan_iter():
-                if key != CLAIM_KEY.encode():
-                    client.delete(key)
-            return number
-    pytest.fail("no free Redis database among 1-14: stale claims? they expire after 15 minutes")
-
-
-def _forget_connections() -> None:
-    """Drop what this process's Celery app cached for the broker and result backend it was configured with
-    (connection and producer pools, the thread's backend), so a changed ``broker_url`` takes effect here and
-    later tests in this process start from the configuration they set themselves."""
-    app._pool = None
-    app.amqp._producer_pool = None
-    app._backend_cache = None
-    vars(app._local).pop("backend", None)
-
-
-@pytest.fixture
-def worker(transactional_db: None, tmp_path: Path) -> Iterator[Path]:
-    """A real worker process on the test database; this process publishes to the same broker."""
-    number = _claim_redis_db()
-    broker = f"{REDIS}/{number}"
-    log = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings_worker",
-        "LOOM_WORKER_DATABASE_URL": _database_url(),
-        "LOOM_BROKER_URL": broker,
-        "LOOM_LOG_LEVEL": "WARNING",
-    }
-    command = [sys.executable, "-m", "celery", "-A", "loom_site", "worker", "--pool", "threads", "-c", "8",
-               "-n", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"]  # fmt: skip
-    with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    saved = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
-    app.conf.update(broker_url=broker, task_always_eager=False)
-    _forget_connections()
-    try:
-        yield log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        app.conf.update(saved)
-        _forget_connections()
-        client = redis.Redis.from_url(broker)
-        client.flushdb()
-
-
-def catalog(failure_rate: str = "0", seed: str = "") -> dict[str, list[Any]]:
-    action = {"type": "noop", "fields": {"latency_ms": "20"}}
-    return {
-        "providers": [
-            {"name": "fakecloud", "providertype": "fake",
-             "provisioner": {"latency_ms": "300", "failure_rate": failure_rate, "call_latency_ms": "5", "seed": seed}},
-        ],
-        "hardwaretypes": [{"name": "small", "providermap": {"fakecloud": {"flavor": "f1", "cost": "0.01"}}}],
-        "imagetypes": [{"name": "debian", "providermap": {"fakecloud": {"image": "deb12", "sshuser": "loom"}}}],
-        "services": [
-            {"name": "base", "dependencies": {},
-             "provisioner": {"actions": {"install": action, "configure": action}}},
-            {"name": "app", "dependencies": {"install": {"requires": ["base"]}, "runtime": {"requires": ["base"]}},
-             "provisioner": {"actions": {"install": action, "configure": action, "start": action}}},
-        ],
-        "clustertemplates": [
-            {"name": "fleet", "description": "noop services on fake machines",
-             "defaults": {"services": ["base", "app"], "provider": "fakecloud", "hardwaretype": "small",
-                          "imagetype": "debian", "config": {}},
-             "compatibility": {"hardwaretypes": ["small"], "imagetypes": ["debian"], "services": ["base", "app"]}},
-        ],
-    }  # fmt: skip
-
-
-def wait_for_job(job: Job, timeout: float = TIMEOUT_S) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job.refresh_from_db()
-        if job.status in (Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.ABORTED):
-            cluster = Cluster.objects.get(pk=job.cluster_id)
-            if cluster.status != Cluster.Status.PENDING:  # a failed job settles once nothing runs
-                return job
-        time.sleep(0.1)
-    counts = Counter(Task.objects.filter(job=job).values_list("status", flat=True))
-    raise AssertionError(f"job {job.pk} still {job.status} after {timeout} s; tasks {dict(counts)}")
-
-
-def run_to_completion(job: Job, log: Path, retries: int = 0) -> Job:
-    """Wait for the job; a failed one is retried (as a user would) up to ``retries`` times."""
-    job = wait_for_job(job)
-    for _ in range(retries):
-        if job.status != Job.Status.FAILED:
-            break
-        job_retry(job=job, on_ready=enqueue)
-        job = wait_for_job(job)
-    assert job.status == Job.Status.COMPLETED, f"{job.message}\n--- worker log ---\n{log.read_text()[-4000:]}"
-    return job
-
-
-def machines(provider: Provider) -> Any:
-    return FakeMachine.objects.filter(provider_key=provider_key(provider=provider))
 
 
 def create_and_delete(admin: Any, tenant: Any, log: Path, *, size: int, retries: int) -> None:

@@ -1,0 +1,177 @@
+"""Real Celery workers for engine tests: processes on the test database, talking through Redis.
+
+``WorkerPool`` starts ``celery worker --pool threads`` subprocesses (optionally with an embedded beat, for
+the janitor), can ``kill -9`` one and start another, and points this process's Celery app at the same
+broker so what the test starts is published there. Nothing is eager.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+from django.db import connection
+
+from clusters.engine import job_retry
+from clusters.models import Cluster, Job, Task
+from clusters.tasks import enqueue
+from loom_site.celery import app
+from providers.models import FakeMachine, Provider
+from providers.services import provider_key
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS = "redis://127.0.0.1:6379"
+CLAIM_KEY = "loom-test-execution-claim"
+TIMEOUT_S = 120
+
+
+def database_url() -> str:
+    settings = connection.settings_dict
+    password = f":{quote(settings['PASSWORD'])}" if settings.get("PASSWORD") else ""
+    host = settings.get("HOST") or "127.0.0.1"
+    port = settings.get("PORT") or 5432
+    return f"postgres://{quote(settings['USER'])}{password}@{host}:{port}/{settings['NAME']}"
+
+
+def claim_redis_db() -> int:
+    """A Redis database no one else is using: claimed with SET NX (expiring), emptied before use."""
+    for number in range(14, 0, -1):  # 15 is tests/loom_site's round-trip test's, 0 the default
+        client = redis.Redis.from_url(f"{REDIS}/{number}")
+        if client.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900):
+            for key in client.scan_iter():
+                if key != CLAIM_KEY.encode():
+                    client.delete(key)
+            return number
+    pytest.fail("no free Redis database among 1-14: stale claims? they expire after 15 minutes")
+
+
+def forget_connections() -> None:
+    """Drop what this process's Celery app cached for the broker and result backend it was configured with
+    (connection and producer pools, the thread's backend), so a changed ``broker_url`` takes effect here and
+    later tests in this process start from the configuration they set themselves."""
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    vars(app._local).pop("backend", None)
+
+
+class WorkerPool:
+    """Worker processes on one broker; ``log`` collects every worker's output."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.number = claim_redis_db()
+        self.broker = f"{REDIS}/{self.number}"
+        self.log = tmp_path / "worker.log"
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._saved = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
+        app.conf.update(broker_url=self.broker, task_always_eager=False)
+        forget_connections()
+
+    def start(
+        self, *, concurrency: int = 8, beat: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings_worker",
+            "LOOM_WORKER_DATABASE_URL": database_url(),
+            "LOOM_BROKER_URL": self.broker,
+            "LOOM_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
+        name = f"test-{os.getpid()}-{len(self.processes)}@%h"
+        command = [sys.executable, "-m", "celery", "-A", "loom_site", "worker", "--pool", "threads",
+                   "-c", str(concurrency), "-n", name, "--without-gossip", "--without-mingle", "-l", "WARNING"]  # fmt: skip
+        if beat:
+            schedule = self.log.parent / f"beat-{len(self.processes)}"
+            command += ["-B", "--schedule", str(schedule)]
+        with self.log.open("a") as output:
+            process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """``kill -9``: no shutdown, no acknowledgements, no last heartbeat."""
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        app.conf.update(self._saved)
+        forget_connections()
+        redis.Redis.from_url(self.broker).flushdb()
+
+    def tail(self, size: int = 4000) -> str:
+        return self.log.read_text()[-size:] if self.log.exists() else ""
+
+
+def catalog(
+    failure_rate: str = "0", seed: str = "", *, boot_ms: str = "300", action_ms: str = "20"
+) -> dict[str, list[Any]]:
+    action = {"type": "noop", "fields": {"latency_ms": action_ms}}
+    return {
+        "providers": [
+            {"name": "fakecloud", "providertype": "fake",
+             "provisioner": {"latency_ms": boot_ms, "failure_rate": failure_rate, "call_latency_ms": "5", "seed": seed}},
+        ],
+        "hardwaretypes": [{"name": "small", "providermap": {"fakecloud": {"flavor": "f1", "cost": "0.01"}}}],
+        "imagetypes": [{"name": "debian", "providermap": {"fakecloud": {"image": "deb12", "sshuser": "loom"}}}],
+        "services": [
+            {"name": "base", "dependencies": {},
+             "provisioner": {"actions": {"install": action, "configure": action}}},
+            {"name": "app", "dependencies": {"install": {"requires": ["base"]}, "runtime": {"requires": ["base"]}},
+             "provisioner": {"actions": {"install": action, "configure": action, "start": action}}},
+        ],
+        "clustertemplates": [
+            {"name": "fleet", "description": "noop services on fake machines",
+             "defaults": {"services": ["base", "app"], "provider": "fakecloud", "hardwaretype": "small",
+                          "imagetype": "debian", "config": {}},
+             "compatibility": {"hardwaretypes": ["small"], "imagetypes": ["debian"], "services": ["base", "app"]}},
+        ],
+    }  # fmt: skip
+
+
+def wait_for_job(job: Job, timeout: float = TIMEOUT_S) -> Job:
+    """Until the job has ended and its cluster settled (a failed job settles once nothing runs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.status in (Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.ABORTED):
+            cluster = Cluster.objects.get(pk=job.cluster_id)
+            if cluster.status != Cluster.Status.PENDING:
+                return job
+        time.sleep(0.1)
+    counts = Counter(Task.objects.filter(job=job).values_list("status", flat=True))
+    raise AssertionError(f"job {job.pk} still {job.status} after {timeout} s; tasks {dict(counts)}")
+
+
+def run_to_completion(job: Job, log: Path, retries: int = 0, timeout: float = TIMEOUT_S) -> Job:
+    """Wait for the job; a failed one is retried (as a user would) up to ``retries`` times."""
+    job = wait_for_job(job, timeout)
+    for _ in range(retries):
+        if job.status != Job.Status.FAILED:
+            break
+        job_retry(job=job, on_ready=enqueue)
+        job = wait_for_job(job, timeout)
+    assert job.status == Job.Status.COMPLETED, f"{job.message}\n--- worker log ---\n{log.read_text()[-4000:]}"
+    return job
+
+
+def machines(provider: Provider) -> Any:
+    return FakeMachine.objects.filter(provider_key=provider_key(provider=provider))
