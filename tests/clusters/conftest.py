@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from clusters.models import Cluster, Job
+from clusters.planner import Plan
+
+from .engine_helpers import lamp_job
 from .workers import WorkerPool
+
+
+@pytest.fixture
+def lamp(tenant_a: Any, admin_a: Any, catalog_a: Any) -> tuple[Cluster, Plan, Job]:
+    """A 3-node lamp create of tenant A, persisted as a job that has not started."""
+    return lamp_job(tenant_a, admin_a)
 
 
 @pytest.fixture

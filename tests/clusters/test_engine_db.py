@@ -7,9 +7,7 @@ top only carries "run task N". ``transactional_db`` where ``transaction.on_commi
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.db import connection
@@ -28,91 +26,14 @@ from clusters.engine import (
     task_finish,
 )
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from clusters.planner import Action, Operation, Plan, plan
+from clusters.planner import Action, Operation, plan
 from clusters.services.preview import PreviewRequest, cluster_preview
 from clusters.specs import NodeSpec
 from clusters.state import IllegalTransition, transition, transition_many
 from providers.secrets import register_secrets
-from templates_app.models import CatalogVersion
 from tenants.errors import Conflict
-from tenants.models import Tenant
 
-OK = TaskAttempt.Outcome.SUCCEEDED
-FAILED = TaskAttempt.Outcome.FAILED
-
-
-def make_cluster(tenant: Tenant, owner: Any, *, name: str = "shop", size: int = 3) -> Cluster:
-    return Cluster.objects.create(
-        tenant=tenant,
-        owner=owner,
-        name=name,
-        template_name="lamp",
-        template_version=CatalogVersion.objects.filter(tenant=tenant, kind="clustertemplates", name="lamp").first(),
-        provider_name="rackspace",
-        provider_version=CatalogVersion.objects.filter(tenant=tenant, kind="providers", name="rackspace").first(),
-        size=size,
-    )
-
-
-def persist(cluster: Cluster, planned: Plan, node_specs: Any, *, max_attempts: int = 3) -> Job:
-    nodes = Node.objects.bulk_create(
-        Node(cluster=cluster, number=n.number, hostname=n.hostname or n.node_id, hardware=n.hardware,
-             image=n.image, services=sorted(n.services))
-        for n in node_specs
-    )  # fmt: skip
-    job = Job.objects.create(cluster=cluster, operation=planned.operation, max_attempts=max_attempts)
-    job_persist_plan(
-        job=job, plan=planned, nodes_by_key={spec.node_id: node for spec, node in zip(node_specs, nodes, strict=True)}
-    )
-    return job
-
-
-@pytest.fixture
-def lamp(tenant_a: Tenant, admin_a: Any, catalog_a: Any) -> tuple[Cluster, Plan, Job]:
-    """A 3-node lamp create, solved and planned by the preview machinery, persisted as a job."""
-    preview = cluster_preview(
-        user=admin_a, tenant=tenant_a, request=PreviewRequest(name="shop", template="lamp", size=3)
-    )
-    cluster = make_cluster(tenant_a, admin_a)
-    return cluster, preview.plan, persist(cluster, preview.plan, preview.nodes)
-
-
-def refresh(*objects: Any) -> None:
-    for obj in objects:
-        obj.refresh_from_db()
-
-
-class Driver:
-    """Plays a pool of workers: picks ready tasks in a seeded random order, claims and finishes them, and
-    checks at every claim that all the task's predecessors had completed."""
-
-    def __init__(self, *, seed: int = 0, fail: Callable[[Task], tuple[str, bool] | None] = lambda task: None):
-        self.ready: list[Ready] = []
-        self.rng = random.Random(seed)
-        self.fail = fail
-        self.claimed: list[int] = []
-
-    def on_ready(self, ready: list[Ready]) -> None:
-        self.ready.extend(ready)
-
-    def run(self) -> None:
-        while self.ready:
-            item = self.ready.pop(self.rng.randrange(len(self.ready)))
-            attempt = task_claim(task_pk=item.task_pk, worker=f"w{self.rng.randrange(4)}")
-            if attempt is None:  # the job failed meanwhile and dropped it
-                continue
-            unfinished = TaskEdge.objects.filter(successor_id=item.task_pk).exclude(predecessor__status="completed")
-            assert not unfinished.exists(), f"task {item.task_pk} started before its predecessors completed"
-            self.claimed.append(item.task_pk)
-            task = Task.objects.get(pk=item.task_pk)
-            failure = self.fail(task)
-            if failure is None:
-                task_finish(attempt=attempt, outcome=OK, log="ok", on_ready=self.on_ready)
-            else:
-                error_class, retryable = failure
-                task_finish(attempt=attempt, outcome=FAILED, error_class=error_class, retryable=retryable,
-                            on_ready=self.on_ready)  # fmt: skip
-
+from .engine_helpers import FAILED, OK, Driver, make_cluster, persist, refresh
 
 # --- persist -------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,13 @@
 """``manage.py loom_demo``: the embedded mode's bootstrap, safe to run again and again.
 
 Makes tenant ``demo``, a superuser ``admin`` (also an admin member of ``demo``) and a plain user ``demo``
-(a user member of ``demo``), and imports the bundled sample catalog into the tenant. Passwords come from
+(a user member of ``demo``), and imports two bundled catalogs into the tenant: the sample catalog (the
+original's ``lamp`` and ``base`` templates, for import, export and validation; they name real clouds and
+chef-solo, so they preview but cannot run here) and the demo catalog (``demo-web``, ``demo-hadoop`` on the
+``fake`` provider ``demo-cloud`` with ``noop`` services), which really provisions in the embedded mode, so a
+new user can launch a cluster and watch it progress. Both go in one import: validated as a whole and
+applied all or nothing; a re-run reports everything unchanged, or brings edited entities back to the
+shipped state (as a new version). Passwords come from
 ``LOOM_DEMO_ADMIN_PASSWORD`` / ``LOOM_DEMO_USER_PASSWORD``; otherwise they are generated once and kept in
 ``<LOOM_DATA_DIR>/demo-logins.json`` (mode 0600), so every run prints the same logins. A run restores the
 printed password if it was changed since, so what is printed always works.
@@ -23,7 +29,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
-from templates_app.problems import CatalogValidationError
+from templates_app.problems import CatalogValidationError, Problem
 from templates_app.services import catalog_import
 from tenants.models import Membership, Role, Tenant
 from tenants.services import tenant_save
@@ -35,6 +41,27 @@ ACCOUNTS = {
     "demo": ("LOOM_DEMO_USER_PASSWORD", False, Role.USER),
 }
 LOGINS_FILE = "demo-logins.json"
+# The runnable demo catalog, next to the sample catalog (its names do not clash with the samples').
+DEMO_CATALOG_DIR = SAMPLES_DIR.parent / "demo-catalog"
+
+
+def demo_catalog_data() -> dict[str, list[Any]]:
+    """The sample and the demo catalog as one import payload (one list per kind, samples first).
+
+    Raises CatalogValidationError when a file cannot be read, or when the two catalogs name the same entity
+    (one would silently replace the other)."""
+    data = read_catalog_dir(SAMPLES_DIR)
+    problems = []
+    for kind, items in read_catalog_dir(DEMO_CATALOG_DIR).items():
+        names = {item.get("name") for item in data.get(kind, []) if isinstance(item, dict)}
+        for item in items:
+            if isinstance(item, dict) and item.get("name") in names:
+                path = str(DEMO_CATALOG_DIR / kind / f"{item['name']}.json")
+                problems.append(Problem(kind, str(item["name"]), path, "is also in the sample catalog"))
+        data.setdefault(kind, []).extend(items)
+    if problems:
+        raise CatalogValidationError(problems)
+    return data
 
 
 def _stored_passwords(path: Path) -> dict[str, str]:
@@ -76,7 +103,7 @@ def demo_passwords() -> dict[str, str]:
 
 
 class Command(BaseCommand):
-    help = "Create (or refresh) the demo tenant, its admin and user, and import the sample catalog."
+    help = "Create (or refresh) the demo tenant, its admin and user, and import the sample and demo catalogs."
 
     def handle(self, *args: Any, **options: Any) -> None:
         passwords = demo_passwords()
@@ -95,13 +122,20 @@ class Command(BaseCommand):
             for username, (_variable, superuser, role) in ACCOUNTS.items():
                 self._ensure_account(tenant, username, passwords[username], superuser=superuser, role=role)
         try:
-            result = catalog_import(tenant=tenant, user=None, data=read_catalog_dir(SAMPLES_DIR))
+            result = catalog_import(tenant=tenant, user=None, data=demo_catalog_data())
         except CatalogValidationError as error:
             lines = "\n".join(f"  - {problem}" for problem in error.problems)
-            raise CommandError(f"sample catalog not imported; {len(error.problems)} problem(s):\n{lines}") from error
+            raise CommandError(
+                f"sample and demo catalogs not imported; {len(error.problems)} problem(s):\n{lines}"
+            ) from error
         sections = {"created": result.created, "updated": result.updated, "unchanged": result.unchanged}
         counts = ", ".join(f"{sum(map(len, section.values()))} {label}" for label, section in sections.items())
-        self.stdout.write(f"sample catalog imported into tenant {TENANT}: {counts}")
+        self.stdout.write(f"sample and demo catalogs imported into tenant {TENANT}: {counts}")
+        for kind, names in sorted(result.updated.items()):
+            self.stdout.write(f"  restored to the shipped version: {kind} {', '.join(sorted(names))}")
+        self.stdout.write(
+            "Try: sign in as demo and launch demo-web or demo-hadoop (fake provider demo-cloud; about 20-30 s)"
+        )
         self.stdout.write("Logins:")
         self.stdout.write(f"  admin / {passwords['admin']}   (superuser; admin of tenant {TENANT})")
         self.stdout.write(f"  demo / {passwords['demo']}   (user of tenant {TENANT})")
