@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -47,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 TASK_BATCH_SIZE = 10_000
 EDGE_BATCH_SIZE = 50_000
-BACKOFF_BASE_SECONDS = 5.0
-BACKOFF_CAP_SECONDS = 300.0
 
 UNFINISHED_TASK_STATUSES = (
     Task.Status.WAITING,
@@ -90,9 +89,10 @@ def cluster_status_on_failure(operation: str) -> str:
 
 
 def retry_delay(attempt: int, *, rng: random.Random | None = None) -> float:
-    """Backoff before retry number ``attempt`` (1 = after the first failure): 5 s doubling, 5 min cap,
-    "equal jitter" (between half and all of it) so a burst of failures does not come back in lockstep."""
-    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
+    """Backoff before retry number ``attempt`` (1 = after the first failure): ``LOOM_RETRY_BACKOFF_SECONDS``
+    (5 s) doubling up to ``LOOM_RETRY_BACKOFF_CAP_SECONDS`` (5 min), with "equal jitter" (between half and
+    all of it) so a burst of failures does not come back in lockstep."""
+    base = min(settings.LOOM_RETRY_BACKOFF_CAP_SECONDS, settings.LOOM_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempt - 1))
     return base / 2 + (rng or random).uniform(0, base / 2)
 
 

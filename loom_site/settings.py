@@ -208,6 +208,8 @@ LOOM_HEARTBEAT_SECONDS = env.float("LOOM_HEARTBEAT_SECONDS", default=10.0)
 LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
 LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
 LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
+LOOM_RETRY_BACKOFF_SECONDS = env.float("LOOM_RETRY_BACKOFF_SECONDS", default=5.0)
+LOOM_RETRY_BACKOFF_CAP_SECONDS = env.float("LOOM_RETRY_BACKOFF_CAP_SECONDS", default=300.0)
 # Dotted paths of callables that may veto a job before it starts (clusters/hooks.py).
 LOOM_JOB_HOOKS = env.list("LOOM_JOB_HOOKS", default=[])
 CELERY_BEAT_SCHEDULE = {

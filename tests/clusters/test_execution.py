@@ -75,12 +75,6 @@ def test_a_20_node_cluster_is_created_and_deleted_by_real_workers(worker, tenant
     create_and_delete(admin_a, tenant_a, worker, size=20, retries=0)
 
 
-def test_transient_provider_failures_neither_leak_nor_duplicate_machines(worker, tenant_a, admin_a):
-    catalog_import(tenant=tenant_a, user=None, data=catalog(failure_rate="0.3"))
-    # With a 30 % failure rate some task may exhaust its 3 attempts; the user retries the job then.
-    create_and_delete(admin_a, tenant_a, worker, size=20, retries=5)
-
-
 # --- the same pieces in-process, without a broker --------------------------------------------------------------
 
 
