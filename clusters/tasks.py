@@ -37,3 +37,16 @@ def engine_janitor() -> dict[str, int]:
 
     report = janitor_run(on_ready=enqueue)
     return {name: len(pks) for name, pks in vars(report).items()}
+
+
+@shared_task(ignore_result=True)
+def provider_reaper() -> dict[str, int]:
+    """Beat entry point of ``clusters.reaper.reaper_run``; returns counts for the worker log."""
+    from .reaper import reaper_run
+
+    reports = reaper_run()
+    return {
+        "providers": len(reports),
+        "orphans": sum(len(r.orphans) for r in reports),
+        "deleted": sum(len(r.deleted) for r in reports),
+    }

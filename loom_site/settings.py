@@ -210,10 +210,15 @@ LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
 LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
 LOOM_RETRY_BACKOFF_SECONDS = env.float("LOOM_RETRY_BACKOFF_SECONDS", default=5.0)
 LOOM_RETRY_BACKOFF_CAP_SECONDS = env.float("LOOM_RETRY_BACKOFF_CAP_SECONDS", default=300.0)
+# The orphan reaper: how often it lists each provider's tagged machines, and how long a machine without a
+# live node is only reported before it is deleted.
+LOOM_REAPER_SECONDS = env.float("LOOM_REAPER_SECONDS", default=600.0)
+LOOM_REAPER_GRACE_SECONDS = env.int("LOOM_REAPER_GRACE_SECONDS", default=3600)
 # Dotted paths of callables that may veto a job before it starts (clusters/hooks.py).
 LOOM_JOB_HOOKS = env.list("LOOM_JOB_HOOKS", default=[])
 CELERY_BEAT_SCHEDULE = {
     "engine-janitor": {"task": "clusters.tasks.engine_janitor", "schedule": LOOM_JANITOR_SECONDS},
+    "provider-reaper": {"task": "clusters.tasks.provider_reaper", "schedule": LOOM_REAPER_SECONDS},
 }
 
 # --- Loom limits ----------------------------------------------------------------------------------
