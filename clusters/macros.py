@@ -26,14 +26,24 @@ DEFAULT_IP_TYPE = "bind_v4"
 
 
 class MacroError(ValueError):
-    """A macro that cannot be expanded; ``path`` is the JSON pointer of the string it sits in."""
+    """A macro that cannot be expanded; ``path`` is the JSON pointer of the string it sits in.
 
-    def __init__(self, message: str, *, macro: str, path: str) -> None:
+    ``pending`` is True when the macro only lacks a fact a node has not reported yet (its hostname or an
+    address, known once its machine is confirmed): the same expansion may succeed later, so the engine
+    waits rather than failing the task.
+    """
+
+    def __init__(self, message: str, *, macro: str, path: str, pending: bool = False) -> None:
         where = f" at {path}" if path else ""
         super().__init__(f"{macro}{where}: {message}")
         self.message = message
         self.macro = macro
         self.path = path
+        self.pending = pending
+
+
+class NotKnownYet(LookupError):
+    """A node's hostname or address, asked for before its machine was confirmed."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +83,7 @@ class MacroContext:
 
 def _hostname(node: NodeSpec) -> str:
     if not node.hostname:
-        raise LookupError(f"node {node.number} has no hostname yet")
+        raise NotKnownYet(f"node {node.number} has no hostname yet")
     return node.hostname
 
 
@@ -81,7 +91,7 @@ def _ip(node: NodeSpec, ip_type: str | None) -> str:
     kind = ip_type or DEFAULT_IP_TYPE
     address = node.ip_addresses.get(kind)
     if not address:
-        raise LookupError(f"node {node.number} has no {kind} address yet")
+        raise NotKnownYet(f"node {node.number} has no {kind} address yet")
     return address
 
 
@@ -142,7 +152,8 @@ def expand_string(text: str, *, context: MacroContext, node: NodeSpec, path: str
             try:
                 parts.append(_evaluate(item, context, node))
             except LookupError as error:
-                raise MacroError(str(error.args[0]), macro=item.text, path=path) from None
+                pending = isinstance(error, NotKnownYet)
+                raise MacroError(str(error.args[0]), macro=item.text, path=path, pending=pending) from None
     except MacroSyntaxError as error:
         raise MacroError(error.message, macro=text, path=path) from None
     return "".join(parts)

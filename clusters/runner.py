@@ -33,14 +33,20 @@ from providers.automators import noop
 from providers.drivers.base import Driver, MachineSpec, NotReady, TerminalError, TransientError
 from providers.models import Provider
 from providers.services import provider_driver
+from templates_app.macro_syntax import json_strings
 
 from .engine import OnReady, Ready, task_claim, task_finish, task_release
 from .heartbeat import heartbeat
+from .macros import MacroContext, MacroError, expand_config
 from .models import Cluster, Node, Task, TaskAttempt
 from .pins import pinned_service_documents
 from .planner import Action
+from .specs import NodeSpec
 
 logger = logging.getLogger(__name__)
+
+MACRO_WAIT_SECONDS = 2.0
+"""How long a task whose config needs a peer's address waits before trying again."""
 
 # Service actions and the automator types that can carry them out; only ``noop`` exists so far.
 SERVICE_ACTIONS = frozenset(
@@ -203,7 +209,8 @@ def _delete(cluster: Cluster, node: Node) -> str:
 
 
 def _service_action(cluster: Cluster, node: Node, *, service: str, action: Action) -> str:
-    """Run ``action`` of ``service`` on the node with the automator the service names for it."""
+    """Run ``action`` of ``service`` on the node with the automator the service names for it, given the
+    cluster config and the action's fields with every macro expanded for this node."""
     document = pinned_service_documents(cluster, [service]).get(service)
     if document is None:
         raise TerminalError(f"service {service} no longer exists")
@@ -211,7 +218,7 @@ def _service_action(cluster: Cluster, node: Node, *, service: str, action: Actio
     if not definition:
         raise TerminalError(f"service {service} defines no {action} action")
     automator = definition.get("type", "")
-    fields = definition.get("fields") or {}
+    config, fields = expanded_inputs(cluster, node, cluster.config or {}, definition.get("fields") or {})
     if automator == "noop":
         result = noop.run(
             f"{service}.{action}",
@@ -219,5 +226,35 @@ def _service_action(cluster: Cluster, node: Node, *, service: str, action: Actio
             jitter_ms=fields.get("jitter_ms") or None,
             seed=node.node_key,
         )
-        return result.output
+        keys = ", ".join(sorted(config)) if isinstance(config, dict) else type(config).__name__
+        return f"{result.output}config keys: {keys or 'none'}\n"
     raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")
+
+
+def expanded_inputs(cluster: Cluster, node: Node, config: Any, fields: Any) -> tuple[Any, Any]:
+    """The cluster config and the action's fields with macros expanded for ``node``.
+
+    The cluster's nodes are read only when a macro is present (most configs of a 1,000-node cluster have
+    none, and reading every node for every task would cost a million rows). A macro that lacks a node's
+    address while some node is still being confirmed (an INSTALL runs as soon as its own node is up) makes
+    the task wait and try again; any other macro error fails the task, naming the macro and where it is.
+    """
+    if not any("%" in text for _, text in json_strings([config, fields])):
+        return config, fields
+    nodes = list(Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED))
+    specs = {n.pk: NodeSpec(node_id=n.node_key, number=n.number, hardware=n.hardware, image=n.image,
+                            services=frozenset(n.services), hostname=n.hostname, ip_addresses=n.ip_addresses)
+             for n in nodes}  # fmt: skip
+    context = MacroContext(nodes=list(specs.values()), owner=cluster.owner.get_username())
+    me = specs.get(node.pk)
+    if me is None:
+        raise TerminalError(f"node {node.number} is no longer part of cluster {cluster.name}")
+    try:
+        return (
+            expand_config(config, context=context, node=me, path="/config"),
+            expand_config(fields, context=context, node=me, path="/fields"),
+        )
+    except MacroError as error:
+        if error.pending and any(n.status == Node.Status.PLANNED for n in nodes):
+            raise Waiting(countdown=MACRO_WAIT_SECONDS, reason=f"waits for node addresses: {error}"[:255]) from error
+        raise TerminalError(f"macro {error}") from error
