@@ -1,10 +1,11 @@
 """Routes of the v2 API."""
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from clusters import api as clusters_api
+from providers import resources_api
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
 
@@ -40,7 +41,26 @@ router.register("partialtemplates", catalog_api.catalog_viewset("partialtemplate
 router.register("plugins/providertypes", catalog_api.ProviderTypeViewSet, basename="providertype")
 router.register("plugins/automatortypes", catalog_api.AutomatorTypeViewSet, basename="automatortype")
 
+# Plugin resources (loom-reference §2.4): /plugins/{pt}/{plugin}/{rt}[/{name}[/versions/{v}[/stage|recall|content]]]
+_RESOURCE = r"^plugins/(?P<pt>automatortypes|providertypes)/(?P<plugin>[A-Za-z0-9_.-]+)/(?P<rt>[A-Za-z0-9_.-]+)"
+_NAME = r"/(?P<name>[A-Za-z0-9_.-]+)"
+_VERSION = r"/versions/(?P<version>[0-9]{1,9})"
+plugin_resource_urls = [
+    path("plugins/activate", resources_api.ResourcesActivateApi.as_view(), name="plugin-resources-activate"),
+    re_path(_RESOURCE + r"/?$", resources_api.ResourceTypeApi.as_view(), name="plugin-resource-type"),
+    re_path(_RESOURCE + _NAME + r"/?$", resources_api.ResourceApi.as_view(), name="plugin-resource"),
+    re_path(_RESOURCE + _NAME + _VERSION + r"/?$", resources_api.ResourceVersionApi.as_view(),
+            name="plugin-resource-version"),
+    re_path(_RESOURCE + _NAME + _VERSION + r"/stage/?$", resources_api.ResourceStageApi.as_view(),
+            name="plugin-resource-stage"),
+    re_path(_RESOURCE + _NAME + _VERSION + r"/recall/?$", resources_api.ResourceRecallApi.as_view(),
+            name="plugin-resource-recall"),
+    re_path(_RESOURCE + _NAME + _VERSION + r"/content/?$", resources_api.ResourceContentApi.as_view(),
+            name="plugin-resource-content"),
+]  # fmt: skip
+
 urlpatterns = [
+    *plugin_resource_urls,
     path("clusters/preview", clusters_api.ClusterPreviewApi.as_view(), name="cluster-preview"),
     path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),
     path("import", catalog_api.CatalogImportApi.as_view(), name="catalog-import"),

@@ -19,6 +19,7 @@ from templates_app.admin_fields import Doc, path_rest, schema_form_fields, schem
 from templates_app.admin_forms import CatalogEntityForm
 from templates_app.plugin_types import PluginType, registry
 
+from . import resources_admin  # noqa: F401 - registers the plugin resource admin
 from .models import Provider
 from .secrets import ENCRYPTED
 
@@ -109,3 +110,5 @@ class ProviderAdmin(CatalogEntityAdmin):
 
     def get_form_fieldsets(self, request: HttpRequest) -> list[tuple[str, dict[str, Any]]]:
         return [("Provider type", {"fields": ["providertype"]}), *map(_type_fieldset, registry.all("provider"))]
+
+

@@ -4,12 +4,13 @@ The public part of the document (non-sensitive fields) is stored like every cata
 values live only in ``secret_data``, a MultiFernet token of a JSON object, and never leave the server
 except to the worker that needs them.
 
-Also here: the fake provider's machines (its simulated cloud, shared by every worker process) and the
-reaper's sightings of orphaned machines.
+Also here: the fake provider's machines (its simulated cloud, shared by every worker process), the
+reaper's sightings of orphaned machines, and plugin resources (scripts, archives, keys) automators use.
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from templates_app.models import CatalogEntity, _unique_name
@@ -115,3 +116,64 @@ class OrphanSighting(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.machine_id} on provider {self.provider_id}"
+
+
+class PluginResource(TenantModel):
+    """One uploaded version of a plugin resource: scripts, archives, cookbooks, manifests, SSH keys, ...
+
+    Identity as in the original (loom-reference §1.14): (tenant, plugin kind, plugin, resource type, name,
+    version), versions counting up from 1 per name. Status comes from two flags: ``live`` (what automators
+    use now) and ``slated`` (what they will use after the next activation): active = live and slated,
+    recalled = live only, staged = slated only, inactive = neither. At most one version per name is slated
+    and one is live, so "stage v3" replaces v2 at the next activation without a gap.
+
+    The bytes are encrypted at rest (``content`` is a MultiFernet token): some resources are SSH or API
+    keys, and treating every resource alike means no resource type can be forgotten.
+    """
+
+    class Kind(models.TextChoices):
+        AUTOMATOR = "automatortypes", "Automator type"
+        PROVIDER = "providertypes", "Provider type"
+
+    plugin_kind = models.CharField(max_length=16, choices=Kind.choices)
+    plugin = models.CharField(max_length=64)
+    resource_type = models.CharField(max_length=64)
+    name = models.CharField(max_length=255)
+    version = models.PositiveIntegerField()
+    live = models.BooleanField(default=False)
+    slated = models.BooleanField(default=False)
+    content = models.BinaryField()
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["plugin_kind", "plugin", "resource_type", "name", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "plugin_kind", "plugin", "resource_type", "name", "version"],
+                name="pluginresource_unique_version",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "plugin_kind", "plugin", "resource_type", "name"],
+                condition=models.Q(live=True),
+                name="pluginresource_one_live",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "plugin_kind", "plugin", "resource_type", "name"],
+                condition=models.Q(slated=True),
+                name="pluginresource_one_slated",
+            ),
+        ]
+
+    @property
+    def status(self) -> str:
+        if self.live:
+            return "active" if self.slated else "recalled"
+        return "staged" if self.slated else "inactive"
+
+    def __str__(self) -> str:
+        return f"{self.plugin}/{self.resource_type}/{self.name} v{self.version}"

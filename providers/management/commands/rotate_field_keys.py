@@ -11,8 +11,9 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from providers.models import Provider
-from providers.secrets import rotate_token
+from clusters.models import Webhook
+from providers.models import PluginResource, Provider
+from providers.secrets import fernet, rotate_token
 from templates_app.models import CatalogVersion
 
 
@@ -22,10 +23,14 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         total = 0
-        for model in (Provider, CatalogVersion):
+        for model in (Provider, CatalogVersion, Webhook):
             rows = list(model.objects.exclude(secret_data="").only("pk", "secret_data"))
             for row in rows:
                 row.secret_data = rotate_token(row.secret_data)
             model.objects.bulk_update(rows, ["secret_data"], batch_size=500)
             total += len(rows)
+        # Plugin resources one at a time: they can be megabytes each.
+        for resource in PluginResource.objects.only("pk", "content").iterator(chunk_size=50):
+            PluginResource.objects.filter(pk=resource.pk).update(content=fernet().rotate(bytes(resource.content)))
+            total += 1
         self.stdout.write(self.style.SUCCESS(f"re-encrypted {total} secret record(s) with the newest key"))
