@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from providers.resources import resources_import_dir
 from templates_app.catalog_files import read_catalog_dir
 from templates_app.problems import CatalogValidationError
 from templates_app.services import catalog_import
@@ -20,8 +21,15 @@ class Command(BaseCommand):
         parser.add_argument("directory", type=Path)
         parser.add_argument("--tenant", required=True, help="Tenant name")
         parser.add_argument("--replace", action="store_true", help="Delete entities absent from the folder")
+        parser.add_argument(
+            "--resources",
+            action="store_true",
+            help="Also upload, stage and activate the plugin resources in DIR/resources/<pt>/<plugin>/<rt>/<name>",
+        )
 
-    def handle(self, *args: Any, directory: Path, tenant: str, replace: bool, **options: Any) -> None:
+    def handle(
+        self, *args: Any, directory: Path, tenant: str, replace: bool, resources: bool = False, **options: Any
+    ) -> None:
         target = Tenant.objects.filter(name=tenant).first()
         if target is None:
             raise CommandError(f"tenant {tenant} does not exist")
@@ -36,4 +44,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"{label} {kind}: {', '.join(names)}")
         for warning in result.warnings:
             self.stdout.write(self.style.WARNING(f"warning: {warning}"))
+        if resources:
+            report = resources_import_dir(tenant=target, user=None, directory=directory / "resources")
+            for label, names in report.items():
+                if names:
+                    self.stdout.write(f"{label} resources: {', '.join(names)}")
         self.stdout.write(self.style.SUCCESS(f"imported {directory} into tenant {tenant}"))
