@@ -40,6 +40,15 @@ def engine_janitor() -> dict[str, int]:
 
 
 @shared_task(ignore_result=True)
+def lease_janitor() -> dict[str, int]:
+    """Beat entry point of ``clusters.leases.lease_janitor_run``: lease warnings and expired-cluster deletes."""
+    from .leases import lease_janitor_run
+
+    report = lease_janitor_run()
+    return {name: len(pks) for name, pks in vars(report).items()}
+
+
+@shared_task(ignore_result=True)
 def provider_reaper() -> dict[str, int]:
     """Beat entry point of ``clusters.reaper.reaper_run``; returns counts for the worker log."""
     from .reaper import reaper_run
@@ -50,3 +59,19 @@ def provider_reaper() -> dict[str, int]:
         "orphans": sum(len(r.orphans) for r in reports),
         "deleted": sum(len(r.deleted) for r in reports),
     }
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def webhook_delivery_send_task(delivery_pk: int) -> None:
+    """One try of a webhook delivery; a duplicate message finds it claimed or not due and does nothing."""
+    from .webhooks import webhook_delivery_send
+
+    webhook_delivery_send(delivery_pk=delivery_pk)
+
+
+@shared_task(ignore_result=True)
+def webhook_deliveries_resend_due_task() -> int:
+    """Beat entry point of ``clusters.webhooks.webhook_deliveries_resend_due``; returns how many were queued."""
+    from .webhooks import webhook_deliveries_resend_due
+
+    return len(webhook_deliveries_resend_due())

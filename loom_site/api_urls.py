@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import DefaultRouter
 
 from clusters import api as clusters_api
+from clusters import webhooks_api
 from providers import resources_api
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
@@ -40,6 +41,10 @@ router.register("clustertemplates", catalog_api.catalog_viewset("clustertemplate
 router.register("partialtemplates", catalog_api.catalog_viewset("partialtemplates"), basename="partialtemplate")
 router.register("plugins/providertypes", catalog_api.ProviderTypeViewSet, basename="providertype")
 router.register("plugins/automatortypes", catalog_api.AutomatorTypeViewSet, basename="automatortype")
+router.register("clusters", clusters_api.ClusterViewSet, basename="cluster")
+router.register("jobs", clusters_api.JobViewSet, basename="job")
+router.register("tasks", clusters_api.TaskViewSet, basename="task")
+router.register("webhooks", webhooks_api.WebhookViewSet, basename="webhook")
 
 # Plugin resources (loom-reference §2.4): /plugins/{pt}/{plugin}/{rt}[/{name}[/versions/{v}[/stage|recall|content]]]
 _RESOURCE = r"^plugins/(?P<pt>automatortypes|providertypes)/(?P<plugin>[A-Za-z0-9_.-]+)/(?P<rt>[A-Za-z0-9_.-]+)"

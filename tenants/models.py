@@ -65,9 +65,10 @@ class Membership(models.Model):
 class TenantQuerySet(models.QuerySet):
     """NetBox-style restricted queryset, tenant-aware.
 
-    Models opt into ownership by setting ``owner_field``; catalog models (no owner) are readable by every
-    member of their tenant and writable by the tenant's admins. Guardian grants add single objects for a
-    given action, but only inside tenants the user still belongs to (leaving a tenant revokes them).
+    Models opt into ownership by setting ``owner_field``: owners may view, change and delete what they own.
+    Catalog models (no owner) are readable by every member of their tenant and writable by its admins.
+    Guardian grants add single objects for a given action, but only inside tenants the user still belongs
+    to (leaving a tenant revokes them).
     """
 
     def restrict(self, user: Any, action: str = "view") -> TenantQuerySet:
@@ -82,7 +83,8 @@ class TenantQuerySet(models.QuerySet):
             # Every member sees the whole catalog of their tenants; object grants could add nothing.
             return self.filter(tenant__in=member_tenants)
         allowed = Q(tenant__in=memberships.filter(role=Role.ADMIN).values("tenant"))
-        if action == "view":
+        if owner_field is not None:
+            # Owners manage what they own (a user deletes their own cluster), while still members.
             allowed |= Q(tenant__in=member_tenants, **{owner_field: user})
         allowed |= Q(tenant__in=member_tenants) & _guardian_granted_pks(user, self.model, action)
         return self.filter(allowed)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,11 @@ from rest_framework.test import APIClient
 from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
 from templates_app.services import catalog_import
 from tenants.models import Role, Tenant
+from tests.clusters.workers import WorkerPool
 from tests.factories import TenantFactory, UserFactory, member
+
+# The real-host lab (``lab``, ``sudo_users``): lab hosts made by the local provider, for any test folder.
+pytest_plugins = ["tests.lab.fixtures"]
 
 
 @pytest.fixture
@@ -65,6 +70,24 @@ def client_for() -> Callable[..., APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture
+def workers(transactional_db: None, tmp_path: Path) -> Iterator[WorkerPool]:
+    """Real Celery worker processes on the test database (``tests/clusters/workers.py``), none started yet;
+    the test starts (and may kill) them. Until one runs, what the code under test enqueues waits in Redis."""
+    pool = WorkerPool(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def worker(workers: WorkerPool) -> Path:
+    """One running worker (8 threads); yields its log."""
+    workers.start()
+    return workers.log
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,14 @@
-"""Cluster lifecycle: create and delete, as jobs the engine runs (architecture.md §3).
+"""Cluster lifecycle: create and delete, as jobs the engine runs (architecture.md §3), and who may act.
 
-``cluster_create`` solves and plans exactly as the preview does (it calls ``cluster_preview``), then in one
-transaction stores the cluster (pinned to the latest template and provider versions), its nodes, the job
-and its plan, and starts the job. The ready tasks reach the broker through ``transaction.on_commit`` only
+``cluster_create`` checks the tenant's quotas, solves and plans exactly as the preview does (it calls
+``cluster_preview``), then in one transaction stores the cluster (pinned to the latest template and provider
+versions, with its first lease), its nodes, the job and its plan, re-checks the quotas under a lock on the
+tenant row, and starts the job. The ready tasks reach the broker through ``transaction.on_commit`` only
 (``engine.job_start`` → ``clusters.tasks.enqueue``), so no worker ever sees an uncommitted row.
 
 ``cluster_delete`` plans a DELETE over every node that may still have a machine and starts it the same way.
-Quotas and leases are not handled here.
+
+Who may see or act on a cluster is decided in ``clusters.selectors``. Both services audit what they did.
 """
 
 from __future__ import annotations
@@ -15,24 +17,74 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from templates_app.models import CatalogVersion
 from templates_app.services import catalog_view
 from templates_app.validation import resolve_template
-from tenants.errors import Conflict, NotFound
+from tenants.errors import Conflict, NotFound, PermissionDenied
 from tenants.models import Tenant
+from tenants.selectors import user_role
+from tenants.services import audit
 
 from .. import engine
 from ..hooks import JobRequest, check_job_start
+from ..leases import LeasePolicy, lease_end
 from ..models import DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_TIMEOUT_SECONDS, Cluster, Job, Node
 from ..pins import current_service_versions, pinned_service_documents
 from ..planner import Operation, Plan, PlanError, plan, staged
+from ..selectors import cluster_require, live_clusters
 from ..specs import NodeSpec, service_spec
 from ..state import transition
 from ..tasks import enqueue
 from .preview import PreviewRequest, cluster_preview, template_dns_suffix
 
 ACTIVE_JOB_STATUSES = (Job.Status.NOT_STARTED, Job.Status.RUNNING, Job.Status.PAUSED)
+
+
+# --- quotas --------------------------------------------------------------------------------------------------
+
+
+class QuotaExceeded(Conflict):
+    """A create (or growth) that would take the tenant past ``max_clusters`` or ``max_nodes``."""
+
+    code = "quota_exceeded"
+
+
+def tenant_quota_check(*, tenant: Tenant, clusters: int, nodes: int, lock: bool, new: Cluster | None = None) -> None:
+    """Raise QuotaExceeded when ``clusters`` more live clusters with ``nodes`` more nodes would exceed the
+    tenant's quotas (null = unlimited); the error names the quota, its limit, what is in use and what was
+    asked for. ``new`` is the caller's own, not yet committed cluster that makes the request: not "in use".
+
+    With ``lock`` the tenant row is locked first (inside the caller's transaction), so two creates racing
+    for the last slot are serialised: the second counts the first's cluster once the first commits. Nodes
+    in use are the live clusters' nodes not yet deleted, so a half-deleted cluster frees what it freed.
+    """
+    limits = Tenant.objects.filter(pk=tenant.pk)
+    if lock:
+        limits = limits.select_for_update()
+    max_clusters, max_nodes = limits.values_list("max_clusters", "max_nodes").get()
+    live = live_clusters(tenant.pk)
+    if new is not None:
+        live = live.exclude(pk=new.pk)
+    if max_clusters is not None and clusters:
+        in_use = live.count()
+        if in_use + clusters > max_clusters:
+            raise QuotaExceeded(
+                f"quota max_clusters of tenant {tenant.name} exceeded: {in_use} live cluster(s) in use, "
+                f"{clusters} more requested, limit {max_clusters}",
+                extra={"quota": {"name": "max_clusters", "limit": max_clusters, "in_use": in_use,
+                                 "requested": clusters}},
+            )  # fmt: skip
+    if max_nodes is not None and nodes:
+        in_use = Node.objects.filter(cluster__in=live).exclude(status=Node.Status.DELETED).count()
+        if in_use + nodes > max_nodes:
+            detail = f"{in_use} node(s) in use, {nodes} more requested, limit {max_nodes}"
+            raise QuotaExceeded(
+                f"quota max_nodes of tenant {tenant.name} exceeded: {detail}",
+                fields={"numMachines": [f"exceeds the tenant's max_nodes quota: {detail}"]},
+                extra={"quota": {"name": "max_nodes", "limit": max_nodes, "in_use": in_use, "requested": nodes}},
+            )
 
 
 def job_limits(template_document: dict[str, Any]) -> dict[str, int]:
@@ -57,12 +109,22 @@ def _latest_version(tenant: Tenant, kind: str, name: str) -> CatalogVersion:
     return version
 
 
-def cluster_create(*, user: Any, tenant: Tenant, request: PreviewRequest) -> tuple[Cluster, Job]:
+def cluster_create(
+    *, user: Any, tenant: Tenant, request: PreviewRequest, lease_ms: int | None = None, description: str = ""
+) -> tuple[Cluster, Job]:
     """Create the cluster ``request`` describes and start its create job.
 
-    Raises what ``cluster_preview`` raises for a bad request, and Conflict when a live cluster of the tenant
-    already has the name. The nodes are numbered and named as the preview showed them.
+    ``lease_ms`` asks for a first lease shorter than the template's (``initialLeaseDuration``); None takes
+    the template's. Raises PermissionDenied when ``user`` is not a member of ``tenant``, QuotaExceeded
+    (checked before solving, and again under the tenant lock before storing), what ``cluster_preview``
+    raises for a bad request, ApplicationError for a lease the template does not allow, Conflict when a
+    policy hook vetoes the create or a live cluster of the tenant already has the name. The nodes are
+    numbered and named as the preview showed them. Writes a ``create`` AuditEvent.
     """
+    if user_role(user=user, tenant=tenant) is None:
+        raise PermissionDenied(f"you are not a member of tenant {tenant.name}")
+    # Early and unlocked, so an over-quota request is refused before the solver runs.
+    tenant_quota_check(tenant=tenant, clusters=1, nodes=request.size, lock=False)
     preview = cluster_preview(user=user, tenant=tenant, request=request)
     check_job_start(
         JobRequest(tenant=tenant, user=user, operation=Operation.CREATE, cluster_name=request.name,
@@ -71,7 +133,9 @@ def cluster_create(*, user: Any, tenant: Tenant, request: PreviewRequest) -> tup
     resolved, _ = resolve_template(request.template, catalog_view(tenant))
     config = request.config if request.config is not None else resolved["defaults"]["config"]
     dns_suffix = request.dns_suffix or template_dns_suffix(resolved) or ""
+    lease = LeasePolicy.from_administration(resolved.get("administration")).initial_lease_ms(lease_ms)
     with transaction.atomic():
+        now = timezone.now()
         template_version = _latest_version(tenant, "clustertemplates", preview.template)
         provider_version = _latest_version(tenant, "providers", preview.provider)
         try:
@@ -80,6 +144,7 @@ def cluster_create(*, user: Any, tenant: Tenant, request: PreviewRequest) -> tup
                     tenant=tenant,
                     owner=user,
                     name=request.name,
+                    description=description,
                     template_name=preview.template,
                     template_version=template_version,
                     provider_name=preview.provider,
@@ -89,6 +154,7 @@ def cluster_create(*, user: Any, tenant: Tenant, request: PreviewRequest) -> tup
                     service_versions=current_service_versions(tenant.pk, preview.services),
                     config=config,
                     dns_suffix=dns_suffix,
+                    expires_at=lease_end(now, lease) if lease else None,
                 )
         except IntegrityError as error:
             raise Conflict(f"a cluster named {request.name} already exists") from error
@@ -111,18 +177,31 @@ def cluster_create(*, user: Any, tenant: Tenant, request: PreviewRequest) -> tup
         job = Job.objects.create(cluster=cluster, operation=Operation.CREATE, requested_by=user, **job_limits(resolved))
         by_key = {spec.node_id: node for spec, node in zip(preview.nodes, nodes, strict=True)}
         engine.job_persist_plan(job=job, plan=scheduled(preview.plan), nodes_by_key=by_key)
+        # The quotas again, under the tenant lock (held to commit, as job_start's dispatch holds it anyway): a
+        # concurrent create either committed before (and is counted) or waits here. Checked after the plan
+        # is stored so the lock is held only for the short tail of the transaction, not the bulk inserts
+        # (which would stall the dispatch of the tenant's other jobs); refused, everything rolls back.
+        tenant_quota_check(tenant=tenant, clusters=1, nodes=len(preview.nodes), lock=True, new=cluster)
         engine.job_start(job=job, on_ready=enqueue)
+        audit(tenant=tenant, actor=user, action="create", kind="cluster", name=cluster.name,
+              summary={"cluster": cluster.pk, "job": job.pk, "template": preview.template,
+                       "provider": preview.provider, "size": cluster.size,
+                       "expires_at": cluster.expires_at.isoformat() if cluster.expires_at else None})  # fmt: skip
     job.refresh_from_db()
     return cluster, job
 
 
-def cluster_delete(*, user: Any, cluster: Cluster) -> Job:
+def cluster_delete(*, user: Any, cluster: Cluster, reason: str = "") -> Job:
     """Start deleting every machine of ``cluster``; returns the delete job.
 
-    Raises Conflict when a job of the cluster is still running (naming it) or the cluster is already
-    terminated. Nodes already deleted are left out; nodes whose create failed are included, since a lost
-    create reply may have left a machine (the runner finds it by tag).
+    ``user`` None is Loom itself (the lease janitor, with a ``reason``); a user must be allowed to delete
+    the cluster (NotFound / PermissionDenied otherwise). Raises Conflict when a job of the cluster is still
+    running (naming it), the cluster is already terminated, or a policy hook vetoes the delete. Nodes
+    already deleted are left out; nodes whose create failed are included, since a lost create reply may
+    have left a machine (the runner finds it by tag). Writes a ``delete`` AuditEvent.
     """
+    if user is not None:
+        cluster_require(user=user, cluster=cluster, action="delete")
     with transaction.atomic():
         locked = Cluster.objects.select_for_update().get(pk=cluster.pk)
         running = Job.objects.filter(cluster_id=locked.pk, status__in=ACTIVE_JOB_STATUSES).order_by("-pk").first()
@@ -160,5 +239,7 @@ def cluster_delete(*, user: Any, cluster: Cluster) -> Job:
             transition(Cluster, locked.pk, to=Cluster.Status.TERMINATED)
         else:
             engine.job_start(job=job, on_ready=enqueue)
+        audit(tenant=locked.tenant, actor=user, action="delete", kind="cluster", name=locked.name,
+              summary={"cluster": locked.pk, "job": job.pk, "reason": reason or None})  # fmt: skip
     job.refresh_from_db()
     return job

@@ -236,6 +236,12 @@ class Driver(Protocol):
 # every cloud SDK: asking for the fake driver must not import libcloud, and vice versa.
 DRIVERS: dict[str, str] = {
     "fake": "providers.drivers.fake:FakeDriver",
+    "local": "providers.drivers.local:LocalDriver",
+    "aws": "providers.drivers.aws:AwsDriver",
+    "openstack": "providers.drivers.openstack:OpenStackDriver",
+    "google": "providers.drivers.gce:GoogleDriver",
+    "digitalocean": "providers.drivers.digitalocean:DigitalOceanDriver",
+    "rackspace": "providers.drivers.rackspace:RackspaceDriver",
 }
 
 

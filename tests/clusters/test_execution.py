@@ -71,7 +71,9 @@ def create_and_delete(admin: Any, tenant: Any, log: Path, *, size: int, retries:
 
 
 def test_a_20_node_cluster_is_created_and_deleted_by_real_workers(worker, tenant_a, admin_a):
-    catalog_import(tenant=tenant_a, user=None, data=catalog(seed="7"))
+    # Machines boot for 1.5 s, longer than a create→confirm hop takes even on a busy machine, so some
+    # confirms must find their machine still booting (the assertion on polls below).
+    catalog_import(tenant=tenant_a, user=None, data=catalog(seed="7", boot_ms="1500"))
     create_and_delete(admin_a, tenant_a, worker, size=20, retries=0)
 
 

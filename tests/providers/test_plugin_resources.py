@@ -88,6 +88,7 @@ def test_only_inactive_versions_can_be_deleted(admin_a, client_for):
     ("data", "problem"),
     [(b"not an archive", "not a tar or zip archive"), (tarball({"../escape.sh": b"x"}), "unsafe path"),
      (tarball({"/etc/passwd": b"x"}), "unsafe path"), (b"", "empty")],
+    ids=["not-an-archive", "parent-path", "absolute-path", "empty"],  # gzip bytes hold a time: no data ids
 )  # fmt: skip
 def test_bad_uploads_are_refused_naming_the_problem(admin_a, client_for, data, problem):
     response = upload(client_for(admin_a), f"{ARCHIVES}/site", data)

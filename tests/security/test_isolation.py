@@ -7,6 +7,11 @@ from typing import Any
 
 import pytest
 
+from clusters.engine import task_claim
+from clusters.models import Task
+from clusters.services.lifecycle import cluster_create
+from clusters.services.preview import PreviewRequest
+from clusters.webhooks import webhook_create, webhook_ping
 from templates_app.kinds import all_kinds
 from templates_app.services import catalog_entity_save
 from tenants.models import ApiToken, AuditEvent, Membership
@@ -24,13 +29,22 @@ def world(catalog_a: Any, tenant_a: Any, admin_a: Any, user_a: Any, admin_b: Any
         data={**template, "description": "edited"},
     )  # fmt: skip
     token = api_token_create(user=user_a, name="ci").token
+    webhook = webhook_create(actor=admin_a, tenant=tenant_a, name="ops", url="https://hooks.example.com/acme",
+                             secret="acme-webhook-secret-1234")  # fmt: skip
     names = {kind: catalog_a[kind][0]["name"] for kind in CATALOG_KINDS if catalog_a.get(kind)}
     names["partialtemplates"] = None
+    cluster, job = cluster_create(user=user_a, tenant=tenant_a, request=PreviewRequest("iso", "lamp", 1))
+    task = Task.objects.filter(job=job, status="queued").first()
+    task_claim(task_pk=task.pk, worker="test/1")  # gives the task an attempt to look at
     return {
+        "cluster": cluster,
+        "job": job,
+        "task": task,
         "names": names,
         "membership": Membership.objects.get(user=user_a),
         "token": token,
         "audit": AuditEvent.objects.filter(tenant=tenant_a).first(),
+        "delivery": webhook_ping(actor=admin_a, webhook=webhook),
     }
 
 
@@ -50,7 +64,17 @@ def detail_urls(world: dict[str, Any], method: str = "get") -> list[str]:
         (f"/api/v2/memberships/{world['membership'].pk}", WRITE),
         (f"/api/v2/audit-events/{world['audit'].pk}", READ),
         ("/api/v2/tenants/acme", WRITE),
+        ("/api/v2/webhooks/ops", WRITE),
+        ("/api/v2/webhooks/ops/deliveries", READ),
+        (f"/api/v2/webhooks/ops/deliveries/{world['delivery'].pk}", READ),
+        (f"/api/v2/webhooks/ops/deliveries/{world['delivery'].pk}/redeliver", {"post"}),
+        ("/api/v2/webhooks/ops/ping", {"post"}),
     ]
+    cluster = f"/api/v2/clusters/{world['cluster'].pk}"
+    urls += [(cluster, {"get", "delete"}), (f"{cluster}/jobs", READ), (f"{cluster}/nodes", READ)]
+    urls += [(f"{cluster}/{operation}", {"post"}) for operation in ("abort", "pause", "resume", "retry", "lease")]
+    job, task = f"/api/v2/jobs/{world['job'].pk}", f"/api/v2/tasks/{world['task'].pk}"
+    urls += [(job, READ), (f"{job}/tasks", READ), (task, READ), (f"{task}/attempts/1", READ)]
     return [url for url, methods in urls if method in methods]
 
 
@@ -88,10 +112,12 @@ def test_lists_show_nothing_of_the_other_tenant(world, client_for, request, who)
         assert response.status_code == 200
         assert response.json()["results"] == [], kind
     assert client.get("/api/v2/export").json() == {kind: [] for kind in sorted(CATALOG_KINDS)}
+    assert client.get("/api/v2/clusters/").json()["results"] == []
     assert [t["name"] for t in client.get("/api/v2/tenants/").json()["results"]] == ["globex"]
     members = [m["user"] for m in client.get("/api/v2/memberships/").json()["results"]]
     assert "arthur" not in members and "alice" not in members
     assert all(e["entity_name"] != "lamp" for e in client.get("/api/v2/audit-events/").json()["results"])
+    assert client.get("/api/v2/webhooks/").json()["results"] == []
 
 
 def test_writing_a_same_named_entity_in_another_tenant_leaves_the_original_alone(world, client_for, admin_b, catalog_a):

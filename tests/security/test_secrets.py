@@ -88,3 +88,29 @@ def test_keys_rotate(provider, settings):
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     with pytest.raises(SecretsError, match="cannot be decrypted"):
         decrypt_json(Provider.objects.get(name="rs").secret_data)
+
+
+WEBHOOK_SECRET = "whsec-Kestrel-9090-Osprey"
+
+
+def test_webhook_secrets_are_write_only_encrypted_and_rotate(admin_a, user_a, client_for, settings, caplog):
+    from clusters.models import Webhook, WebhookDelivery
+
+    caplog.set_level(logging.DEBUG)
+    body = {"name": "ops", "url": "https://hooks.example.com/acme", "secret": WEBHOOK_SECRET}
+    created = client_for(admin_a).post("/api/v2/webhooks/", body, format="json")
+    assert created.status_code == 201 and created.json()["has_secret"] is True
+    ping = client_for(admin_a).post("/api/v2/webhooks/ops/ping").json()
+    for client in (client_for(admin_a), client_for(user_a)):
+        for url in ["/api/v2/webhooks/", "/api/v2/webhooks/ops", "/api/v2/webhooks/ops/deliveries",
+                    f"/api/v2/webhooks/ops/deliveries/{ping['id']}", "/api/v2/audit-events/"]:  # fmt: skip
+            assert WEBHOOK_SECRET not in client.get(url).content.decode(), url
+    row = Webhook.objects.get(name="ops")
+    stored = row.secret_data + "".join(json.dumps(e.summary) for e in AuditEvent.objects.all())
+    stored += "".join(json.dumps(d.payload) for d in WebhookDelivery.objects.all())
+    assert WEBHOOK_SECRET not in stored and WEBHOOK_SECRET not in caplog.text + created.content.decode()
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, settings.FIELD_ENCRYPTION_KEYS[0]]
+    call_command("rotate_field_keys")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    assert decrypt_json(Webhook.objects.get(name="ops").secret_data) == {"secret": WEBHOOK_SECRET}

@@ -1,5 +1,8 @@
 """``manage.py rotate_field_keys``: re-encrypt every stored secret with the newest field key.
 
+It lives in ``clusters``, the app that depends on all the others, because it must know every model that
+stores secrets (providers, catalog versions, webhooks, plugin resources).
+
 Rotation: prepend a new key to ``LOOM_FIELD_ENCRYPTION_KEYS``, restart, run this command, then remove the
 old key. Rows are rewritten in batches inside one transaction, so a failure leaves the old tokens intact.
 """

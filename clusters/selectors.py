@@ -1,0 +1,109 @@
+"""Read side of clusters: who may see or act on which cluster, live clusters, and job progress.
+
+Used by the API, the services and (later) the pages, so every reader applies the same rules: a cluster is
+visible to its owner, the tenant's admins and holders of a django-guardian grant; another tenant's cluster
+is "not found", never "forbidden".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Max, Min, QuerySet
+
+from tenants.errors import NotFound, PermissionDenied
+from tenants.models import Tenant
+
+from . import engine
+from .models import Cluster, Task
+from .planner import Action
+
+# --- who may see and act on a cluster ------------------------------------------------------------------------
+
+
+def clusters_for(*, user: Any, action: str = "view") -> QuerySet[Cluster]:
+    """The clusters ``user`` may ``action`` (view, change or delete), in every tenant they belong to: their
+    own, all of the tenants they administer, and those a django-guardian grant names (``restrict``)."""
+    return Cluster.objects.restrict(user, action)
+
+
+def cluster_require(*, user: Any, cluster: Cluster, action: str) -> None:
+    """Raise unless ``user`` may ``action`` ``cluster``: NotFound when they cannot even see it (another
+    tenant's cluster, or someone else's), PermissionDenied when they see it but may not act on it."""
+    if action != "view" and clusters_for(user=user, action=action).filter(pk=cluster.pk).exists():
+        return
+    if not clusters_for(user=user, action="view").filter(pk=cluster.pk).exists():
+        raise NotFound(f"cluster {cluster.pk} not found")
+    if action != "view":
+        raise PermissionDenied(
+            f"you may view cluster {cluster.name} but not {action} it; its owner or a tenant admin can"
+        )
+
+
+def cluster_get(*, user: Any, tenant: Tenant, pk: int, action: str = "view") -> Cluster:
+    """Cluster ``pk`` of ``tenant`` if ``user`` may ``action`` it (see ``cluster_require``)."""
+    cluster = (
+        Cluster.objects.filter(tenant=tenant, pk=pk)
+        .select_related("owner", "template_version", "provider_version")
+        .first()
+    )
+    if cluster is None:
+        raise NotFound(f"cluster {pk} not found")
+    cluster_require(user=user, cluster=cluster, action=action)
+    return cluster
+
+
+def live_clusters(tenant_id: int) -> QuerySet[Cluster]:
+    """Clusters that count against the quotas: every one not terminated (any of them may hold machines)."""
+    return Cluster.objects.filter(tenant_id=tenant_id).exclude(status=Cluster.Status.TERMINATED)
+
+
+# --- progress of jobs, for display ---------------------------------------------------------------------------
+
+_UNFINISHED = frozenset(engine.UNFINISHED_TASK_STATUSES)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far a job is: its real tasks (JOIN points left out) by status, the share completed, and the
+    lowest stage that still has unfinished work (None once nothing is left) out of ``stages``."""
+
+    tasks: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    completed: int = 0
+    percent: float = 0.0
+    stage: int | None = None
+    stages: int = 0
+
+
+def job_progress(job_ids: Iterable[int]) -> dict[int, JobProgress]:
+    """Progress of every job in ``job_ids`` from one grouped query (index ``task_job_status``), so a page of
+    clusters or jobs costs the same whatever its size. Jobs without tasks get an empty progress."""
+    ids = list(dict.fromkeys(job_ids))
+    rows = (
+        Task.objects.filter(job_id__in=ids)
+        .exclude(action=Action.JOIN)
+        .order_by()
+        .values("job_id", "status")
+        .annotate(n=Count("pk"), low=Min("stage"), high=Max("stage"))
+    )
+    grouped: dict[int, list[dict[str, Any]]] = {pk: [] for pk in ids}
+    for row in rows:
+        grouped[row["job_id"]].append(row)
+    progress = {}
+    for pk, job_rows in grouped.items():
+        counts = {str(row["status"]): row["n"] for row in job_rows}
+        total = sum(counts.values())
+        completed = counts.get(Task.Status.COMPLETED, 0)
+        unfinished = [row["low"] for row in job_rows if row["status"] in _UNFINISHED]
+        progress[pk] = JobProgress(
+            tasks=dict(sorted(counts.items())),
+            total=total,
+            completed=completed,
+            percent=round(100 * completed / total, 1) if total else 0.0,
+            stage=min(unfinished) if unfinished else None,
+            stages=max((row["high"] + 1 for row in job_rows), default=0),
+        )
+    return progress
