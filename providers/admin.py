@@ -110,5 +110,3 @@ class ProviderAdmin(CatalogEntityAdmin):
 
     def get_form_fieldsets(self, request: HttpRequest) -> list[tuple[str, dict[str, Any]]]:
         return [("Provider type", {"fields": ["providertype"]}), *map(_type_fieldset, registry.all("provider"))]
-
-
