@@ -39,6 +39,7 @@ from providers.secrets import redact
 from tenants.errors import Conflict
 from tenants.models import Tenant
 
+from .backoff import jittered_backoff
 from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from .planner import Action, Operation, Plan
 from .signals import JobEvent, JobEventData, send_job_event
@@ -92,8 +93,9 @@ def retry_delay(attempt: int, *, rng: random.Random | None = None) -> float:
     """Backoff before retry number ``attempt`` (1 = after the first failure): ``LOOM_RETRY_BACKOFF_SECONDS``
     (5 s) doubling up to ``LOOM_RETRY_BACKOFF_CAP_SECONDS`` (5 min), with "equal jitter" (between half and
     all of it) so a burst of failures does not come back in lockstep."""
-    base = min(settings.LOOM_RETRY_BACKOFF_CAP_SECONDS, settings.LOOM_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempt - 1))
-    return base / 2 + (rng or random).uniform(0, base / 2)
+    return jittered_backoff(
+        attempt, base=settings.LOOM_RETRY_BACKOFF_SECONDS, cap=settings.LOOM_RETRY_BACKOFF_CAP_SECONDS, rng=rng
+    )
 
 
 def log_tail(text: str, limit: int = LOG_TAIL_LIMIT) -> str:

@@ -12,6 +12,8 @@ message left behind, so no job waits forever (architecture.md §3, "Timeouts and
    its visibility timeout, an hour by default) is sent again. A duplicate is harmless: the claim decides.
 4. **Budgets.** Tenants with queued tasks not sent yet get a dispatch, in case nothing else would trigger
    one (a budget raised by an admin, say).
+5. **Idempotency records** older than ``LOOM_IDEMPOTENCY_TTL_SECONDS`` are deleted: a client retries a
+   create within minutes, not days, and the table would otherwise only grow.
 
 Everything goes through the engine's own finish and dispatch functions, so the janitor adds no new way for
 a task to change state.
@@ -28,7 +30,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from .engine import OnReady, Ready, task_finish, tenant_dispatch
-from .models import Job, Task, TaskAttempt
+from .models import IdempotencyRecord, Job, Task, TaskAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class JanitorReport:
     timed_out: list[int] = field(default_factory=list)
     redispatched: list[int] = field(default_factory=list)
     dispatched: list[int] = field(default_factory=list)
+    idempotency_records_deleted: int = 0
 
 
 def janitor_run(*, on_ready: OnReady, now: datetime | None = None) -> JanitorReport:
@@ -58,6 +61,8 @@ def janitor_run(*, on_ready: OnReady, now: datetime | None = None) -> JanitorRep
     )
     for tenant_id in list(tenants):
         report.dispatched.extend(ready.task_pk for ready in tenant_dispatch(tenant_id=tenant_id, on_ready=on_ready))
+    expired = now - timedelta(seconds=settings.LOOM_IDEMPOTENCY_TTL_SECONDS)
+    report.idempotency_records_deleted = IdempotencyRecord.objects.filter(created_at__lt=expired).delete()[0]
     if report.lost or report.timed_out or report.redispatched:
         logger.warning(
             "janitor recovered tasks",

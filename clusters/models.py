@@ -80,6 +80,7 @@ class Cluster(TenantModel):
         ]
         indexes = [
             models.Index(fields=["tenant", "status"], name="cluster_tenant_status"),
+            models.Index(fields=["tenant", "template_name"], name="cluster_tenant_template"),
             models.Index(fields=["expires_at"], condition=Q(expires_at__isnull=False), name="cluster_expiry"),
         ]
 
@@ -306,6 +307,7 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "webhook deliveries"
         indexes = [
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhookdelivery_due"),
         ]
@@ -333,6 +335,8 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "user", "key"], name="idempotency_unique_key"),
         ]
+        # The janitor deletes records older than LOOM_IDEMPOTENCY_TTL_SECONDS.
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
 
     def __str__(self) -> str:
         return self.key

@@ -36,7 +36,7 @@ def engine_janitor() -> dict[str, int]:
     from .janitor import janitor_run
 
     report = janitor_run(on_ready=enqueue)
-    return {name: len(pks) for name, pks in vars(report).items()}
+    return {name: value if isinstance(value, int) else len(value) for name, value in vars(report).items()}
 
 
 @shared_task(ignore_result=True)

@@ -53,6 +53,7 @@ from tenants.models import NAME_PATTERN, Role, Tenant
 from tenants.selectors import user_role
 from tenants.services import audit
 
+from .backoff import jittered_backoff
 from .models import Cluster, Job, Webhook, WebhookDelivery
 from .signals import JobEvent, JobEventData
 
@@ -411,10 +412,9 @@ def webhook_retry_delay(attempt: int, *, rng: random.Random | None = None) -> fl
     ``LOOM_WEBHOOK_BACKOFF_CAP_SECONDS``, with "equal jitter" (half to all of it) so the deliveries of one
     outage do not all come back at once. Longer than the engine's task backoff: a receiver that is down is
     often down for minutes."""
-    base = min(
-        settings.LOOM_WEBHOOK_BACKOFF_CAP_SECONDS, settings.LOOM_WEBHOOK_BACKOFF_SECONDS * 2 ** max(0, attempt - 1)
+    return jittered_backoff(
+        attempt, base=settings.LOOM_WEBHOOK_BACKOFF_SECONDS, cap=settings.LOOM_WEBHOOK_BACKOFF_CAP_SECONDS, rng=rng
     )
-    return base / 2 + (rng or random).uniform(0, base / 2)
 
 
 @dataclass(frozen=True)

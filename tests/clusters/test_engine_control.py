@@ -26,7 +26,7 @@ from clusters.engine import (
 from clusters.heartbeat import Heartbeat
 from clusters.hooks import JobRequest, JobVetoed, _hooks
 from clusters.janitor import janitor_run
-from clusters.models import Cluster, Job, Task
+from clusters.models import Cluster, IdempotencyRecord, Job, Task
 from clusters.pins import pinned_service_documents
 from clusters.planner import Action, staged
 from clusters.services.lifecycle import cluster_create, job_limits
@@ -381,3 +381,12 @@ def test_a_hook_can_veto_a_job_before_anything_is_stored(tenant_a, admin_a, sett
     finally:
         settings.LOOM_JOB_HOOKS = []
         _hooks.cache_clear()
+
+
+def test_the_janitor_forgets_idempotency_records_after_their_ttl(tenant_a, admin_a, settings):
+    settings.LOOM_IDEMPOTENCY_TTL_SECONDS = 3600
+    old = IdempotencyRecord.objects.create(tenant=tenant_a, user=admin_a, key="old", fingerprint="x")
+    fresh = IdempotencyRecord.objects.create(tenant=tenant_a, user=admin_a, key="fresh", fingerprint="y")
+    IdempotencyRecord.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    assert janitor_run(on_ready=lambda _: None).idempotency_records_deleted == 1
+    assert list(IdempotencyRecord.objects.values_list("pk", flat=True)) == [fresh.pk]
