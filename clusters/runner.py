@@ -35,6 +35,7 @@ from providers.models import Provider
 from providers.services import provider_driver
 from templates_app.macro_syntax import json_strings
 
+from . import automation
 from .engine import OnReady, Ready, task_claim, task_finish, task_release
 from .heartbeat import heartbeat
 from .macros import MacroContext, MacroError, expand_config
@@ -52,7 +53,6 @@ MACRO_WAIT_SECONDS = 2.0
 SERVICE_ACTIONS = frozenset(
     {Action.INSTALL, Action.CONFIGURE, Action.INITIALIZE, Action.START, Action.STOP, Action.REMOVE}
 )
-AUTOMATORS_NEEDING_BOOTSTRAP: frozenset[str] = frozenset()  # noop needs nothing on the node
 
 
 class Waiting(Exception):
@@ -117,11 +117,11 @@ def task_execute(*, task_pk: int) -> str:
     if action is Action.CONFIRM:
         return _confirm(cluster, node, task_pk=task.pk)
     if action is Action.BOOTSTRAP:
-        return "bootstrap: no automators need bootstrap\n"
+        return automation.bootstrap(cluster, node)
     if action is Action.DELETE:
         return _delete(cluster, node)
     if action in SERVICE_ACTIONS:
-        return _service_action(cluster, node, service=task.service, action=action)
+        return _service_action(cluster, node, service=task.service, action=action, task_pk=task.pk)
     raise TerminalError(f"no executor for action {action}")
 
 
@@ -208,7 +208,7 @@ def _delete(cluster: Cluster, node: Node) -> str:
 # --- service actions -----------------------------------------------------------------------------------------
 
 
-def _service_action(cluster: Cluster, node: Node, *, service: str, action: Action) -> str:
+def _service_action(cluster: Cluster, node: Node, *, service: str, action: Action, task_pk: int) -> str:
     """Run ``action`` of ``service`` on the node with the automator the service names for it, given the
     cluster config and the action's fields with every macro expanded for this node."""
     document = pinned_service_documents(cluster, [service]).get(service)
@@ -228,7 +228,16 @@ def _service_action(cluster: Cluster, node: Node, *, service: str, action: Actio
         )
         keys = ", ".join(sorted(config)) if isinstance(config, dict) else type(config).__name__
         return f"{result.output}config keys: {keys or 'none'}\n"
-    raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")
+    return automation.service_action_over_ssh(
+        cluster,
+        node,
+        task_pk=task_pk,
+        service=service,
+        action=str(action),
+        automator=automator,
+        config=config,
+        fields=fields,
+    )
 
 
 def expanded_inputs(cluster: Cluster, node: Node, config: Any, fields: Any) -> tuple[Any, Any]:

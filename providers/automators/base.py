@@ -27,8 +27,9 @@ EX_TEMPFAIL = 75
 """A script's way of saying "try me again later" (sysexits.h); any other non-zero exit is terminal."""
 
 
-@dataclass(frozen=True)
-class CommandResult:
+class CommandResult(Protocol):
+    """What a command run on the node reports (``providers.ssh.CommandResult`` has more)."""
+
     exit_status: int
     output: str
 

@@ -1,0 +1,130 @@
+"""Service actions over SSH: the bridge between a task and an automator (shell, ansible, puppet, chef-solo).
+
+For one task the runner calls ``service_action_over_ssh``: it opens one SSH session to the node (address,
+user, credentials reference and pinned host key as the node records them), builds the automator's
+``ActionRequest`` (expanded config and fields, the node and its peers, the plugin's live resources) and
+runs the automator. Output lines are collected for the task attempt's log as they arrive (redacted by the
+SSH layer). The first successful connection records the node's host key; every later one must match it.
+
+``bootstrap`` is the BOOTSTRAP action: for a node whose services use an SSH automator it connects once
+(pinning the host key) and prepares ``~/.loom``; nodes running only ``noop`` services need nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from providers.automators.base import ActionRequest, Automator, NodeInfo
+from providers.automators.shell import ShellAutomator
+from providers.drivers.base import TerminalError
+from providers.resources import live_resources
+from providers.ssh import Session, open_session
+
+from .engine import log_tail
+from .models import Cluster, Node, TaskAttempt
+from .pins import pinned_service_documents
+
+LIVE_LOG_SECONDS = 1.0
+"""How often the output of a running action is copied to its attempt's ``log_tail`` for watchers."""
+
+
+class LiveLog:
+    """Collects an action's output lines and, at most every ``LIVE_LOG_SECONDS``, copies the tail to the
+    running attempt, so a page or an API client sees a long install progress instead of silence. The
+    engine writes the full (redacted) log when the task finishes; this only shows it early."""
+
+    def __init__(self, task_pk: int) -> None:
+        self.task_pk = task_pk
+        self.lines: list[str] = []
+        self._flushed = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self._lock:
+            self.lines.append(line)
+            if time.monotonic() - self._flushed < LIVE_LOG_SECONDS:
+                return
+            self._flushed = time.monotonic()
+            text = "\n".join(self.lines)
+        TaskAttempt.objects.filter(task_id=self.task_pk, finished_at__isnull=True).update(log_tail=log_tail(text))
+
+
+AUTOMATORS: Mapping[str, Automator] = {"shell": ShellAutomator()}
+"""Automator type → implementation; ``noop`` is handled by the runner itself (no SSH)."""
+
+
+def automator_types(cluster: Cluster, node: Node) -> set[str]:
+    """Every automator type the node's services use for any action."""
+    types: set[str] = set()
+    for document in pinned_service_documents(cluster, node.services).values():
+        for definition in ((document.get("provisioner") or {}).get("actions") or {}).values():
+            types.add(str(definition.get("type", "")))
+    return types
+
+
+@contextmanager
+def node_session(node: Node, log: Callable[[str], None]) -> Iterator[Session]:
+    """A connected session to ``node``; records the host key the first time the node is reached."""
+    address = (node.ip_addresses or {}).get("access_v4")
+    if not address:
+        raise TerminalError(f"node {node.number} has no access_v4 address to connect to")
+    if not node.credentials_ref:
+        raise TerminalError(f"node {node.number} has no SSH credentials (its provider reported none)")
+    session = open_session(address, user=node.ssh_user or "root", credentials_ref=node.credentials_ref,
+                           host_key=node.host_key or None, on_line=log)  # fmt: skip
+    with session:
+        if session.first_contact and session.host_key:
+            Node.objects.filter(pk=node.pk, host_key="").update(host_key=session.host_key)
+            node.host_key = session.host_key
+        yield session
+
+
+def bootstrap(cluster: Cluster, node: Node) -> str:
+    over_ssh = sorted(automator_types(cluster, node) & set(AUTOMATORS))
+    if not over_ssh:
+        return "bootstrap: this node's services need nothing on the node\n"
+    lines: list[str] = []
+    with node_session(node, lines.append) as session:
+        session.run('mkdir -p "$HOME/.loom" && chmod 700 "$HOME/.loom" && uname -sr', timeout=60)
+    return f"bootstrap for {', '.join(over_ssh)}: host key pinned, ~/.loom ready\n" + "\n".join(lines) + "\n"
+
+
+def _node_info(node: Node) -> NodeInfo:
+    return NodeInfo(number=node.number, hostname=node.hostname, ip_addresses=dict(node.ip_addresses or {}),
+                    services=tuple(sorted(node.services)))  # fmt: skip
+
+
+def service_action_over_ssh(
+    cluster: Cluster,
+    node: Node,
+    *,
+    task_pk: int,
+    service: str,
+    action: str,
+    automator: str,
+    config: Any,
+    fields: Any,
+) -> str:
+    implementation = AUTOMATORS.get(automator)
+    if implementation is None:
+        raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")
+    peers = Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).order_by("number")
+    live = LiveLog(task_pk)
+    request = ActionRequest(
+        cluster=cluster.name,
+        cluster_id=cluster.pk,
+        service=service,
+        action=action,
+        fields=fields if isinstance(fields, dict) else {},
+        config=config if isinstance(config, dict) else {},
+        node=_node_info(node),
+        nodes=[_node_info(peer) for peer in peers],
+        resources=live_resources(tenant_id=cluster.tenant_id, plugin_kind="automatortypes", plugin=automator),
+        log=live,
+    )
+    with node_session(node, live) as session:
+        return implementation.run(session, request)
