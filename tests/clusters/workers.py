@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import redis
 from django.db import connection
 
+from bench import workers as bench_workers
 from clusters.engine import job_retry
 from clusters.models import Cluster, Job, Task
 from clusters.tasks import enqueue
@@ -29,8 +29,8 @@ from providers.models import FakeMachine, Provider
 from providers.services import provider_key
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS = "redis://127.0.0.1:6379"
-CLAIM_KEY = "loom-test-execution-claim"
+REDIS = bench_workers.REDIS
+CLAIM_KEY = bench_workers.CLAIM_KEY
 TIMEOUT_S = 120
 
 
@@ -43,15 +43,12 @@ def database_url() -> str:
 
 
 def claim_redis_db() -> int:
-    """A Redis database no one else is using: claimed with SET NX (expiring), emptied before use."""
-    for number in range(14, 0, -1):  # 15 is tests/loom_site's round-trip test's, 0 the default
-        client = redis.Redis.from_url(f"{REDIS}/{number}")
-        if client.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900):
-            for key in client.scan_iter():
-                if key != CLAIM_KEY.encode():
-                    client.delete(key)
-            return number
-    pytest.fail("no free Redis database among 1-14: stale claims? they expire after 15 minutes")
+    """A Redis database no one else is using (the claim protocol is shared with the benchmarks, so a test run
+    and a benchmark never share a broker)."""
+    try:
+        return bench_workers.claim_redis_db(REDIS)
+    except bench_workers.HarnessError as error:
+        pytest.fail(str(error))
 
 
 def forget_connections() -> None:
@@ -88,11 +85,8 @@ class WorkerPool:
             **(env or {}),
         }
         name = f"test-{os.getpid()}-{len(self.processes)}@%h"
-        command = [sys.executable, "-m", "celery", "-A", "loom_site", "worker", "--pool", "threads",
-                   "-c", str(concurrency), "-n", name, "--without-gossip", "--without-mingle", "-l", "WARNING"]  # fmt: skip
-        if beat:
-            schedule = self.log.parent / f"beat-{len(self.processes)}"
-            command += ["-B", "--schedule", str(schedule)]
+        schedule = self.log.parent / f"beat-{len(self.processes)}" if beat else None
+        command = bench_workers.worker_command(name=name, concurrency=concurrency, beat_schedule=schedule)
         with self.log.open("a") as output:
             process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
         self.processes.append(process)
