@@ -199,7 +199,7 @@ class OperationMixin:
         cluster = Cluster.objects.select_related("owner", "template_version", "provider_version").get(pk=cluster.pk)
         context = {**self.get_serializer_context(), "progress": job_progress([job.pk])}
         body = {"cluster": self.cluster_detail(cluster), "job": JobSerializer(job, context=context).data}
-        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["job"]["url"]})
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": str(body["job"]["url"])})
 
 
 OPERATION_RESPONSES = {

@@ -180,7 +180,7 @@ class WebhookViewSet(TenantScopedMixin, viewsets.ModelViewSet):
 
     def _delivery_response(self, delivery: WebhookDelivery, webhook: Webhook, status_code: int) -> Response:
         serializer = WebhookDeliverySerializer(delivery, context={"webhook_name": webhook.name})
-        headers = {"Location": serializer.data["url"]} if status_code == status.HTTP_202_ACCEPTED else None
+        headers = {"Location": str(serializer.data["url"])} if status_code == status.HTTP_202_ACCEPTED else None
         return Response(serializer.data, status=status_code, headers=headers)
 
     @action(detail=True, methods=["get"], filter_backends=[])

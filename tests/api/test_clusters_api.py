@@ -88,6 +88,8 @@ def test_create_answers_202_with_the_cluster_its_job_and_the_jobs_url(user, user
     assert set(data) == {"cluster", "job"}
     assert set(data["cluster"]) == DETAIL_FIELDS and set(data["job"]) == JOB_FIELDS
     assert response["Location"] == data["job"]["url"] and data["job"]["url"].endswith(f"/api/v2/jobs/{job.pk}")
+    # A plain str: WSGI servers (runserver's wsgiref) refuse a str subclass such as DRF's Hyperlink with a 500.
+    assert type(response.headers["Location"]) is str
     assert data["cluster"]["url"].endswith(f"/api/v2/clusters/{cluster.pk}")
     shown = data["cluster"]
     assert (shown["name"], shown["owner"], shown["status"], shown["size"]) == ("web", "arthur", "pending", 2)

@@ -29,6 +29,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
+from templates_app.kinds import all_kinds
 from templates_app.problems import CatalogValidationError, Problem
 from templates_app.services import catalog_import
 from tenants.models import Membership, Role, Tenant
@@ -51,14 +52,15 @@ def demo_catalog_data() -> dict[str, list[Any]]:
     Raises CatalogValidationError when a file cannot be read, or when the two catalogs name the same entity
     (one would silently replace the other)."""
     data = read_catalog_dir(SAMPLES_DIR)
-    problems = []
-    for kind, items in read_catalog_dir(DEMO_CATALOG_DIR).items():
-        names = {item.get("name") for item in data.get(kind, []) if isinstance(item, dict)}
+    singular = {kind.key: kind.singular for kind in all_kinds()}
+    problems: list[Problem] = []
+    for key, items in read_catalog_dir(DEMO_CATALOG_DIR).items():
+        names = {item.get("name") for item in data.get(key, []) if isinstance(item, dict)}
         for item in items:
             if isinstance(item, dict) and item.get("name") in names:
-                path = str(DEMO_CATALOG_DIR / kind / f"{item['name']}.json")
-                problems.append(Problem(kind, str(item["name"]), path, "is also in the sample catalog"))
-        data.setdefault(kind, []).extend(items)
+                path = str(DEMO_CATALOG_DIR / key / f"{item['name']}.json")
+                problems.append(Problem(singular[key], str(item["name"]), path, "is also in the sample catalog"))
+        data.setdefault(key, []).extend(items)
     if problems:
         raise CatalogValidationError(problems)
     return data
@@ -133,12 +135,13 @@ class Command(BaseCommand):
         self.stdout.write(f"sample and demo catalogs imported into tenant {TENANT}: {counts}")
         for kind, names in sorted(result.updated.items()):
             self.stdout.write(f"  restored to the shipped version: {kind} {', '.join(sorted(names))}")
-        self.stdout.write(
-            "Try: sign in as demo and launch demo-web or demo-hadoop (fake provider demo-cloud; about 20-30 s)"
-        )
         self.stdout.write("Logins:")
         self.stdout.write(f"  admin / {passwords['admin']}   (superuser; admin of tenant {TENANT})")
         self.stdout.write(f"  demo / {passwords['demo']}   (user of tenant {TENANT})")
+        self.stdout.write(
+            "Try it: create a cluster from template demo-web or demo-hadoop (3-10 nodes); it runs on the simulated"
+            " provider demo-cloud and is active in about 20-30 s."
+        )
 
     def _ensure_account(self, tenant: Tenant, username: str, password: str, *, superuser: bool, role: str) -> None:
         user, created = get_user_model().objects.get_or_create(username=username)
