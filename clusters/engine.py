@@ -8,12 +8,18 @@ Concurrency model, and why:
 
 * **Claim** is one conditional UPDATE (queued → running, attempts + 1) that also requires the job to be
   running. A duplicate broker delivery finds nothing to claim and gets None.
-* **Finish** runs in one transaction that starts by locking the job row (``FOR NO KEY UPDATE``, which does
-  not block task inserts referencing the job). Every finish of one job takes that lock first, so (a) two
-  "last" tasks finishing at once cannot both miss that the job is done, (b) a failing task dropping the
-  job's unstarted tasks cannot deadlock against a succeeding task releasing its successors, and (c) the
-  "no task is running any more" check that settles a failed job's cluster state is race-free. Finishes of
-  different jobs never contend. Claims do not take the lock.
+* **Finish** runs in one transaction that starts by locking the job row, in one of two modes. The common
+  finish (a task with successors completes, or a task is requeued for a retry) takes it ``FOR SHARE``:
+  such finishes run side by side, and successors are locked in primary-key order, so two of them releasing
+  overlapping successors cannot deadlock. A finish that may end the job or must settle it (a task without
+  successors completes, a task fails the job, any finish of a job that already failed or was aborted)
+  takes it ``FOR NO KEY UPDATE``, which waits for every shared holder to commit. So (a) of two "last" tasks
+  finishing at once, the one that locks second sees the other's completion and completes the job, (b) the
+  drop of a failed job's unstarted tasks runs alone among that job's finishes, and (c) the "no task is
+  running any more" check that settles a failed job's cluster is race-free. Holding the exclusive lock only
+  where it is needed is what lets one large job finish hundreds of tasks a second (one lock for every
+  finish serialized them all behind a commit each). Finishes of different jobs never contend; claims take
+  no job lock.
 * Successors are released with a single ``UPDATE ... SET pending_deps = pending_deps - n ... RETURNING`` on
   PostgreSQL (two statements on SQLite, the embedded mode). JOIN tasks reaching 0 are completed here and
   release their own successors in the same transaction.
@@ -24,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -43,7 +50,7 @@ from .backoff import jittered_backoff
 from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from .planner import Action, Operation, Plan
 from .signals import JobEvent, JobEventData, send_job_event
-from .state import transition, transition_many
+from .state import allowed_from, transition, transition_many
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +311,8 @@ def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
     job that is paused or failed meanwhile: the caller just exits.
     """
     now = timezone.now()
+    if connection.vendor == "postgresql":
+        return _claim_postgresql(task_pk=task_pk, worker=worker, now=now)
     job_running = Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING))
     with transaction.atomic():
         claimed = transition(
@@ -327,7 +336,40 @@ def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
         return TaskAttempt.objects.create(task_id=task_pk, number=number, worker=worker, started_at=now)
 
 
+def _claim_postgresql(*, task_pk: int, worker: str, now: datetime) -> TaskAttempt | None:
+    """The claim as one statement (a data-modifying CTE): the conditional UPDATE and the attempt INSERT in a
+    single round trip and commit. The from-states come from ``state.py``, which stays the one authority on
+    transitions even where the engine writes SQL for speed."""
+    task_table = connection.ops.quote_name(Task._meta.db_table)
+    attempt_table = connection.ops.quote_name(TaskAttempt._meta.db_table)
+    job_table = connection.ops.quote_name(Job._meta.db_table)
+    sql = (
+        f"WITH c AS (UPDATE {task_table} AS t SET status = %s, attempts = t.attempts + 1, worker = %s, "
+        f"heartbeat_at = %s, not_before = NULL, waiting_reason = '' "
+        f"WHERE t.id = %s AND t.status = ANY(%s) AND EXISTS (SELECT 1 FROM {job_table} j "
+        f"WHERE j.id = t.job_id AND j.status = %s) RETURNING t.id) "
+        f"INSERT INTO {attempt_table} (task_id, number, worker, started_at, outcome, error_class, retryable, "
+        f"log_tail, log) SELECT c.id, COALESCE((SELECT MAX(a.number) FROM {attempt_table} a "
+        f"WHERE a.task_id = c.id), 0) + 1, %s, %s, %s, '', false, '', '' FROM c RETURNING id, number"
+    )
+    sources = sorted(allowed_from(Task, Task.Status.RUNNING))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Task.Status.RUNNING, worker, now, task_pk, sources, Job.Status.RUNNING,
+                             worker, now, TaskAttempt.Outcome.RUNNING])  # fmt: skip
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    attempt = TaskAttempt(id=row[0], task_id=task_pk, number=row[1], worker=worker, started_at=now)
+    attempt._state.adding = False
+    attempt._state.db = connection.alias
+    return attempt
+
+
 # --- finish --------------------------------------------------------------------------------------------------
+
+
+class _NeedExclusive(Exception):
+    """A finish that took the shared job lock found it needs the exclusive one (the job ended meanwhile)."""
 
 
 def task_finish(
@@ -339,24 +381,69 @@ def task_finish(
     log: str = "",
     on_ready: OnReady,
 ) -> list[Ready]:
-    """Record how ``attempt`` ended and move the job forward; returns the tasks that became ready.
+    """Record how ``attempt`` ended and move the job forward; returns the tasks handed out as a result.
 
     Success: the task completes, its successors' counters drop, those at 0 are queued (JOINs completed and
     cascaded), and the last task completes the job and the cluster. Failure: with ``retryable`` and attempts
     left, the task is queued again with a backoff (returned with its countdown); otherwise the task and the
     job fail, every waiting/queued task of the job is dropped, and once nothing runs any more the cluster
-    takes the operation's failure status. Ready tasks reach ``on_ready`` on commit, only while the job runs
-    (a paused job's queued tasks are handed out by ``job_start`` on resume).
+    takes the operation's failure status. What is handed out reaches ``on_ready`` on commit, only while the
+    job runs (a paused job's queued tasks are handed out by ``job_start`` on resume), within the tenant's
+    worker budget (``_dispatch``).
 
     Idempotent: a second finish of the same attempt, or the finish of an attempt that no longer owns the task
-    (the janitor requeued it), records nothing more on the task and returns [].
+    (the janitor requeued it), records nothing more on the task and returns []. See the module docstring for
+    the two lock modes; a deadlock PostgreSQL breaks (possible only against another tenant job's drop) is
+    retried.
     """
+    exclusive: bool | None = None
+    for tries_left in (3, 2, 1, 0):
+        try:
+            return _task_finish(attempt=attempt, outcome=outcome, error_class=error_class, retryable=retryable,
+                                log=log, on_ready=on_ready, exclusive=exclusive)  # fmt: skip
+        except _NeedExclusive:
+            exclusive = True
+        except OperationalError as error:
+            if not tries_left or connection.in_atomic_block or not _is_deadlock(error):
+                raise
+            logger.warning("task finish deadlocked; retrying", extra={"attempt": attempt.pk})
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _is_deadlock(error: OperationalError) -> bool:
+    return getattr(error.__cause__, "pgcode", None) == "40P01"
+
+
+def _task_finish(
+    *,
+    attempt: TaskAttempt,
+    outcome: str,
+    error_class: str | None,
+    retryable: bool,
+    log: str,
+    on_ready: OnReady,
+    exclusive: bool | None,
+) -> list[Ready]:
     now = timezone.now()
     text = redact(log)
     succeeded = outcome == TaskAttempt.Outcome.SUCCEEDED
     with transaction.atomic():
-        task = Task.objects.only("pk", "tenant_id", "job_id", "key", "attempts", "max_attempts").get(pk=attempt.task_id)
-        job = _lock_job(task.job_id)
+        task = (
+            Task.objects.filter(pk=attempt.task_id)
+            .annotate(
+                is_sink=~Exists(TaskEdge.objects.filter(predecessor_id=OuterRef("pk"))),
+                job_status=F("job__status"),
+            )
+            .only("pk", "tenant_id", "job_id", "key", "attempts", "max_attempts")
+            .get()
+        )
+        requeue = not succeeded and retryable and task.attempts < task.max_attempts
+        if exclusive is None:  # decided on an unlocked read; a job that ended since is caught below
+            active = task.job_status in _RETRYING_JOB_STATUSES
+            exclusive = not active or (task.is_sink if succeeded else not requeue)
+        job = _lock_job(task.job_id, shared=not exclusive)
+        if not exclusive and job.status not in _RETRYING_JOB_STATUSES:
+            raise _NeedExclusive
         closed = TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
             outcome=outcome,
             finished_at=now,
@@ -365,18 +452,18 @@ def task_finish(
             log=text,
             log_tail=log_tail(text),
         )
+        if not closed:
+            return []
         # The attempt still owns the task only if no later attempt exists (the janitor may have requeued it).
         owner = Task.objects.filter(
             ~Exists(TaskAttempt.objects.filter(task_id=OuterRef("pk"), number__gt=attempt.number))
         )
         ready: list[Ready] = []
-        if not closed:
-            return []
         if succeeded:
             if not transition(owner, task.pk, to=Task.Status.COMPLETED, extra_updates={"heartbeat_at": None}):
                 return []
             ready = [Ready(pk) for pk in _release([task.pk])]
-        elif retryable and task.attempts < task.max_attempts and job.status in _RETRYING_JOB_STATUSES:
+        elif requeue and job.status in _RETRYING_JOB_STATUSES:
             delay = retry_delay(task.attempts)
             requeued = transition(
                 owner,
@@ -394,15 +481,18 @@ def task_finish(
                 return []
             ready = [Ready(task.pk, delay)]
         else:
+            if not exclusive:
+                raise _NeedExclusive
             if not transition(owner, task.pk, to=Task.Status.FAILED, extra_updates={"heartbeat_at": None}):
                 return []
             reason = error_class or outcome
             _job_fail(job, message=f"task {task.key} failed after {task.attempts} attempt(s): {reason}", now=now)
-        _settle(job, now=now, may_be_done=succeeded and not ready)
+        if exclusive:
+            _settle(job, now=now, may_be_done=succeeded and task.is_sink)
         fresh = [item.task_pk for item in ready] if job.status == Job.Status.RUNNING else []
         dispatched = _dispatch(task.tenant_id, fresh=fresh, now=now)
         _enqueue(dispatched, on_ready)
-        logger.info(
+        logger.debug(
             "task finished",
             extra={"job": job.pk, "task": task.pk, "attempt": attempt.pk, "outcome": outcome, "ready": len(ready)},
         )
@@ -458,8 +548,26 @@ def _retry_reason(task: Task, cause: str) -> str:
     return f"retry {task.attempts + 1} of {task.max_attempts} after {cause}"[:255]
 
 
-def _lock_job(job_pk: int) -> Job:
-    """Lock the job row (not the cluster's) and read what finishing needs, including the tenant."""
+def _lock_job(job_pk: int, *, shared: bool = False) -> Job:
+    """Lock the job row (not the cluster's) and read what finishing needs, including the tenant.
+
+    ``shared`` takes ``FOR SHARE`` (PostgreSQL; Django's ORM cannot say it), otherwise ``FOR NO KEY UPDATE``
+    (which, unlike ``FOR UPDATE``, does not block inserts of rows referencing the job). SQLite has no row
+    locks: its transactions take the database's write lock at BEGIN, so finishes run one at a time anyway.
+    """
+    if shared and connection.vendor == "postgresql":
+        job_table = connection.ops.quote_name(Job._meta.db_table)
+        cluster_table = connection.ops.quote_name(Cluster._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT j.id, j.status, j.operation, j.cluster_id, c.tenant_id FROM {job_table} j "
+                f"JOIN {cluster_table} c ON c.id = j.cluster_id WHERE j.id = %s FOR SHARE OF j",
+                [job_pk],
+            )
+            pk, status, operation, cluster_id, tenant_id = cursor.fetchone()
+        job = Job(id=pk, status=status, operation=operation, cluster_id=cluster_id)
+        job.tenant_id = tenant_id  # type: ignore[attr-defined]
+        return job
     return (
         Job.objects.select_for_update(no_key=True, of=("self",))
         .only("pk", "status", "operation", "cluster_id")
@@ -528,40 +636,53 @@ def _release(completed: Sequence[int]) -> list[int]:
     queued: list[int] = []
     frontier = list(completed)
     while frontier:
-        released = [(pk, action) for pk, pending, action, status in _decrement_successors(frontier)
-                    if pending == 0 and status == Task.Status.WAITING]  # fmt: skip
-        real = sorted(pk for pk, action in released if action != _JOIN)
-        joins = sorted(pk for pk, action in released if action == _JOIN)
-        if real:
-            transition_many(Task.objects.filter(pk__in=real), to=Task.Status.QUEUED)
-            queued.extend(real)
-        if joins:
-            transition_many(Task.objects.filter(pk__in=joins), to=Task.Status.COMPLETED)
-        frontier = joins
+        rows = _decrement_successors(frontier)
+        queued.extend(sorted(pk for pk, _, action, status in rows if status == Task.Status.QUEUED))
+        frontier = sorted(pk for pk, _, action, status in rows if action == _JOIN)
     return queued
 
 
 def _decrement_successors(predecessors: Iterable[int]) -> list[tuple[int, int, str, str]]:
-    """``pending_deps -= <edges from predecessors>`` on every successor; returns (pk, pending, action, status)
-    after the decrement. One statement on PostgreSQL, two elsewhere."""
+    """``pending_deps -= <edges from predecessors>`` on every successor, and in the same step a waiting
+    successor that reaches 0 becomes queued (a JOIN: completed). Returns (pk, pending, action, status) of the
+    successors that just moved, after the change.
+
+    PostgreSQL: one statement, which first locks the successors in primary-key order (``l``), so finishes
+    running side by side under the shared job lock can never deadlock on them; the moves are the ones
+    ``state.py`` allows (waiting → queued, waiting → completed for a JOIN), spelled in SQL for speed.
+    Elsewhere: the decrement and the moves as ORM statements (SQLite runs one writer at a time).
+    """
     predecessors = list(predecessors)
+    assert Task.Status.WAITING in allowed_from(Task, Task.Status.QUEUED) & allowed_from(Task, Task.Status.COMPLETED)
     if connection.vendor == "postgresql":
         task_table = connection.ops.quote_name(Task._meta.db_table)
         edge_table = connection.ops.quote_name(TaskEdge._meta.db_table)
-        sql = (
-            f"UPDATE {task_table} AS t SET pending_deps = t.pending_deps - e.n "  # only table names are interpolated
-            f"FROM (SELECT successor_id, COUNT(*) AS n FROM {edge_table} "
-            f"WHERE predecessor_id = ANY(%s) GROUP BY successor_id) AS e "
-            f"WHERE t.id = e.successor_id RETURNING t.id, t.pending_deps, t.action, t.status"
+        sql = (  # only table names are interpolated
+            f"WITH e AS (SELECT successor_id, COUNT(*) AS n FROM {edge_table} "
+            f"WHERE predecessor_id = ANY(%s) GROUP BY successor_id), "
+            f"l AS MATERIALIZED (SELECT t.id FROM {task_table} t WHERE t.id IN (SELECT successor_id FROM e) "
+            f"ORDER BY t.id FOR NO KEY UPDATE) "
+            f"UPDATE {task_table} AS t SET pending_deps = t.pending_deps - e.n, "
+            f"status = CASE WHEN t.pending_deps - e.n = 0 AND t.status = %s "
+            f"THEN (CASE WHEN t.action = %s THEN %s ELSE %s END) ELSE t.status END "
+            f"FROM e WHERE t.id = e.successor_id AND t.id IN (SELECT id FROM l) "
+            f"RETURNING t.id, t.pending_deps, t.action, t.status"
         )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [predecessors])
-            return [tuple(row) for row in cursor.fetchall()]  # type: ignore[misc]
+            cursor.execute(sql, [predecessors, Task.Status.WAITING, _JOIN, Task.Status.COMPLETED, Task.Status.QUEUED])
+            rows = cursor.fetchall()
+        return [(pk, pending, action, status) for pk, pending, action, status in rows
+                if pending == 0 and status in (Task.Status.QUEUED, Task.Status.COMPLETED)]  # fmt: skip
     edges = TaskEdge.objects.filter(predecessor_id__in=predecessors)
     count = edges.filter(successor_id=OuterRef("pk")).order_by().values("successor_id").annotate(n=Count("pk"))
     successors = Task.objects.filter(pk__in=edges.values("successor_id"))
     successors.update(pending_deps=F("pending_deps") - Subquery(count.values("n")))
-    return list(successors.values_list("pk", "pending_deps", "action", "status"))
+    released = list(successors.filter(pending_deps=0, status=Task.Status.WAITING).values_list("pk", "action"))
+    real = [pk for pk, action in released if action != _JOIN]
+    joins = [pk for pk, action in released if action == _JOIN]
+    transition_many(Task.objects.filter(pk__in=real), to=Task.Status.QUEUED)
+    transition_many(Task.objects.filter(pk__in=joins), to=Task.Status.COMPLETED)
+    return [(pk, 0, _JOIN, Task.Status.COMPLETED) for pk in joins] + [(pk, 0, "", Task.Status.QUEUED) for pk in real]
 
 
 # --- retry ---------------------------------------------------------------------------------------------------
@@ -633,16 +754,20 @@ def _dispatch(tenant_id: int, *, fresh: Sequence[int], now: datetime, scan: bool
     at most ``budget`` tasks behind.
     """
     tasks = Task.objects.filter(tenant_id=tenant_id)
-    budget = Tenant.objects.filter(pk=tenant_id).values_list("workers", flat=True).first() or 0
+    budget = tenant_budget(tenant_id)
     job_running = Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING))
     waiting = tasks.filter(job_running, status=Task.Status.QUEUED, dispatched_at__isnull=True)
     if budget == 0:
         if not fresh and not scan:
             return []
+        if not scan and connection.vendor == "postgresql":
+            return _mark_dispatched_postgresql(fresh, now)
         chosen = waiting if scan else tasks.filter(pk__in=fresh, status=Task.Status.QUEUED)
         rows = list(chosen.order_by("job_id", "key").values_list("pk", "not_before"))
         tasks.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
         return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
+    if not fresh and not waiting.exists():
+        return []  # nothing waits for a slot: no need to take the tenant lock
     Tenant.objects.select_for_update().filter(pk=tenant_id).values_list("pk", flat=True).get()
     in_flight = tasks.filter(
         Q(status=Task.Status.RUNNING) | Q(status=Task.Status.QUEUED, dispatched_at__isnull=False)
@@ -659,6 +784,33 @@ def _dispatch(tenant_id: int, *, fresh: Sequence[int], now: datetime, scan: bool
         reason = f"tenant budget {budget}/{budget} busy"
         waiting.exclude(pk__in=[pk for pk, _ in rows]).exclude(waiting_reason=reason).update(waiting_reason=reason)
     return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
+
+
+_budgets: dict[int, tuple[int, float]] = {}
+
+
+def tenant_budget(tenant_id: int) -> int:
+    """The tenant's worker budget (0 = unlimited), cached for ``LOOM_BUDGET_CACHE_SECONDS`` per process: it
+    is read on every finish and changes rarely; a change is seen within that time (and by the janitor)."""
+    ttl = settings.LOOM_BUDGET_CACHE_SECONDS
+    cached = _budgets.get(tenant_id)
+    if ttl and cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    budget = Tenant.objects.filter(pk=tenant_id).values_list("workers", flat=True).first() or 0
+    _budgets[tenant_id] = (budget, time.monotonic() + ttl)
+    return budget
+
+
+def _mark_dispatched_postgresql(fresh: Sequence[int], now: datetime) -> list[Ready]:
+    """Unlimited budget: stamp ``dispatched_at`` on the still-queued ``fresh`` tasks in one statement."""
+    task_table = connection.ops.quote_name(Task._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {task_table} SET dispatched_at = %s WHERE id = ANY(%s) AND status = %s RETURNING id, not_before",
+            [now, list(fresh), Task.Status.QUEUED],
+        )
+        rows = dict(cursor.fetchall())
+    return [Ready(pk, _countdown(rows[pk], now)) for pk in fresh if pk in rows]
 
 
 def tenant_dispatch(*, tenant_id: int, on_ready: OnReady) -> list[Ready]:

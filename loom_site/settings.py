@@ -227,6 +227,7 @@ LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
 LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
 LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
 LOOM_IDEMPOTENCY_TTL_SECONDS = env.int("LOOM_IDEMPOTENCY_TTL_SECONDS", default=86400)
+LOOM_BUDGET_CACHE_SECONDS = env.float("LOOM_BUDGET_CACHE_SECONDS", default=5.0)
 LOOM_RETRY_BACKOFF_SECONDS = env.float("LOOM_RETRY_BACKOFF_SECONDS", default=5.0)
 LOOM_RETRY_BACKOFF_CAP_SECONDS = env.float("LOOM_RETRY_BACKOFF_CAP_SECONDS", default=300.0)
 # The orphan reaper: how often it lists each provider's tagged machines, and how long a machine without a

@@ -12,3 +12,5 @@ from loom_site.settings import env
 DATABASES = {"default": env.db_url("LOOM_TEST_DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loom")}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
+# Tests change budgets and dispatch at once; production caches the budget for a few seconds.
+LOOM_BUDGET_CACHE_SECONDS = 0
