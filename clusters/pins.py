@@ -24,18 +24,38 @@ def current_service_versions(tenant_id: int, names: Iterable[str]) -> dict[str, 
     return dict(Service.objects.filter(tenant_id=tenant_id, name__in=list(names)).values_list("name", "version"))
 
 
+_PINNED_CACHE_SIZE = 2048
+_pinned: dict[tuple[int, str, int], dict[str, Any]] = {}
+
+
 def pinned_service_documents(cluster: Cluster, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The canonical documents of ``names`` as the cluster pinned them; one query for pinned, one for the rest.
-    A name with no document at all (deleted from the catalog and never pinned) is left out."""
+    """The canonical documents of ``names`` as the cluster pinned them; one query for pinned ones not seen
+    yet, one for the rest. A name with no document at all (deleted from the catalog and never pinned) is
+    left out.
+
+    Pinned versions never change, so a worker keeps the documents it has read (a bounded per-process cache):
+    every service task of a 1,000-node cluster would otherwise read the same few rows again. Callers must
+    not modify the returned documents."""
     names = list(dict.fromkeys(names))
     pins = {name: cluster.service_versions[name] for name in names if name in cluster.service_versions}
     documents: dict[str, dict[str, Any]] = {}
-    if pins:
+    missing = {}
+    for name, version in pins.items():
+        cached = _pinned.get((cluster.tenant_id, name, version))
+        if cached is None:
+            missing[name] = version
+        else:
+            documents[name] = cached
+    if missing:
         condition = Q()
-        for name, version in pins.items():
+        for name, version in missing.items():
             condition |= Q(name=name, version=version)
         versions = CatalogVersion.objects.filter(condition, tenant_id=cluster.tenant_id, kind="services")
-        documents.update(versions.values_list("name", "document"))
+        for name, version, document in versions.values_list("name", "version", "document"):
+            if len(_pinned) >= _PINNED_CACHE_SIZE:
+                _pinned.clear()
+            _pinned[(cluster.tenant_id, name, version)] = document
+            documents[name] = document
     unpinned = [name for name in names if name not in documents]
     if unpinned:
         live = Service.objects.filter(tenant_id=cluster.tenant_id, name__in=unpinned)

@@ -21,6 +21,15 @@ from tests.factories import TenantFactory, UserFactory, member
 pytest_plugins = ["tests.lab.fixtures"]
 
 
+@pytest.fixture(autouse=True)
+def _forget_pinned_documents() -> None:
+    """Workers cache pinned service documents by (tenant, name, version), which never change in production;
+    tests roll back and reuse ids, so each test starts with an empty cache."""
+    from clusters import pins
+
+    pins._pinned.clear()
+
+
 @pytest.fixture
 def tenant_a(db: None) -> Tenant:
     return TenantFactory(name="acme")
