@@ -264,7 +264,7 @@ class Row:
     boot_on_path: float
 
 
-def run_mode(bench: Bench, *, mode: str, size: int) -> tuple[Row, Any, tuple[int, int]]:
+def run_mode(bench: Bench, *, mode: str, size: int, processes: int = 1) -> tuple[Row, Any, tuple[int, int]]:
     """Create the cluster with ``mode`` scheduling in a fresh database, on a fresh worker with as many threads
     as the DAG is wide, and measure it; returns the row, the preview and the DAG's width bounds.
 
@@ -289,13 +289,14 @@ def run_mode(bench: Bench, *, mode: str, size: int) -> tuple[Row, Any, tuple[int
             f"task runs, plus {CONNECTION_MARGIN}; the server accepts {free} more connections now. Raise "
             "max_connections (e.g. to 200, then restart PostgreSQL), stop other clients, or use --quick"
         )
-    worker = bench.start_worker(threads=threads)
+    workers = [bench.start_worker(threads=-(-threads // processes)) for _ in range(processes)]
     try:
         with override_settings(LOOM_SCHEDULING=mode):
             _, job = cluster_create(user=user, tenant=tenant, request=request)
         job = wait_for_job(job, timeout=JOB_TIMEOUT_S, bench=bench)
     finally:
-        bench.stop_worker(worker)
+        for worker in workers:
+            bench.stop_worker(worker)
     measured, hops, peak = measure(preview.plan, preview, job)
     bound, path = lower_bound(preview.plan, measured)
     boot_on_path = sum(
@@ -320,10 +321,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-def run(bench: Bench, *, size: int) -> int:
+def run(bench: Bench, *, size: int, processes: int = 1) -> int:
     rows = []
     for mode in ("dag", "staged"):
-        row, preview, (lower, threads) = run_mode(bench, mode=mode, size=size)
+        row, preview, (lower, threads) = run_mode(bench, mode=mode, size=size, processes=processes)
         rows.append(row)
     plan = preview.plan
     roles = ", ".join(f"{r.count} {'+'.join(sorted(r.services))}" for r in preview.layout.roles)
@@ -339,8 +340,8 @@ def run(bench: Bench, *, size: int) -> int:
     print(f"fake provider: boot {BOOT_MS} ± {BOOT_JITTER_MS} ms (gamma, seeded per node), calls {CALL_LATENCY} ms")
     print(f"noop actions (ms, normal, per node): {actions}")
     print(
-        f"capacity: 1 worker process with {threads} threads; the DAG is {exact} {threads} wide ({lower} "
-        f"independent tasks, a cover of {threads} chains); tenant worker budget unlimited (workers=0). "
+        f"capacity: {processes} worker process(es) sharing {threads} threads; the DAG is {exact} {threads} wide "
+        f"({lower} independent tasks, a cover of {threads} chains); tenant worker budget unlimited (workers=0). "
         "Capacity never holds a ready task back: what is measured is scheduling."
     )
     print(f"machine: {os.cpu_count()} CPUs, shared and busy; load average {os.getloadavg()[0]:.2f} after the runs")
@@ -372,10 +373,10 @@ def run(bench: Bench, *, size: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = parse_arguments("makespan", __doc__ or "", argv)
+    arguments = parse_arguments("makespan", __doc__ or "", argv, processes=True)
     try:
         with bench_environment(arguments) as bench:
-            return run(bench, size=QUICK_NODES if arguments.quick else NODES)
+            return run(bench, size=QUICK_NODES if arguments.quick else NODES, processes=max(1, arguments.processes))
     except HarnessError as error:
         print(f"makespan: {error}", file=sys.stderr)
         return 2

@@ -208,7 +208,12 @@ def bench_profile_dump(path: str) -> None:
 
 
 def parse_arguments(
-    script: str, description: str, argv: Sequence[str] | None = None, *, profile: bool = False
+    script: str,
+    description: str,
+    argv: Sequence[str] | None = None,
+    *,
+    profile: bool = False,
+    processes: bool = False,
 ) -> argparse.Namespace:
     """``--quick``, ``--database-url`` and ``--redis-url``, common to the engine benchmarks (``--profile`` too
     where the benchmark offers it)."""
@@ -216,6 +221,11 @@ def parse_arguments(
     parser.add_argument("--quick", action="store_true", help="a small run, to check that the benchmark works")
     if profile:
         parser.add_argument("--profile", action="store_true", help="also profile the engine in the worker")
+    if processes:
+        parser.add_argument(
+            "--processes", type=int, default=1,
+            help="worker processes sharing the threads (default 1; the engine is CPU-bound per process)",
+        )  # fmt: skip
     parser.add_argument(
         "--database-url",
         default=os.environ.get("LOOM_BENCH_DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/loom_bench_{script}"),
