@@ -15,13 +15,16 @@ row answers 404 from every view, as in the other admins.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template import RequestContext, Template
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -37,10 +40,13 @@ from tenants.admin_mixins import (
     is_platform_admin,
     limit_tenant_field,
 )
+from tenants.errors import ApplicationError
 from tenants.models import Tenant
 
 from . import webhooks
 from .models import Cluster, Job, Node, Task, TaskAttempt, Webhook, WebhookDelivery
+from .services import day2
+from .services.day2 import Day2Outcome
 
 INLINE_LIMIT = 200
 RECENT_DELIVERIES = 20
@@ -161,8 +167,74 @@ class JobInline(ReadOnlyInline):
         return super().get_queryset(request).select_related("requested_by").order_by("-created_at", "-pk")
 
 
+# --- day-2 operations: an action whose form previews the change before it is confirmed ----------------------
+
+DAY2_OPERATIONS: dict[str, tuple[str, Callable[..., Day2Outcome]]] = {
+    "reconfigure": ("Reconfigure (replace the config)", day2.cluster_reconfigure),
+    "start": ("Start services", day2.cluster_services_start),
+    "stop": ("Stop services", day2.cluster_services_stop),
+    "restart": ("Restart services", day2.cluster_services_restart),
+    "add": ("Add services", day2.cluster_services_add),
+    "remove": ("Remove services", day2.cluster_services_remove),
+    "scale_out": ("Scale out by count", day2.cluster_scale_out),
+    "scale_in": ("Scale in (count, or the listed nodes)", day2.cluster_scale_in),
+    "sync": ("Sync to the template's latest version", day2.cluster_sync),
+}
+
+DAY2_PAGE = Template(
+    """{% extends "admin/base_site.html" %}{% block content %}
+<h1>{{ title }}</h1>
+<form method="post">{% csrf_token %}
+<input type="hidden" name="action" value="day2_operation">
+<input type="hidden" name="_selected_action" value="{{ cluster.pk }}">
+<table>{{ form.as_table }}</table>
+{% if preview %}<h2>Preview</h2>
+<p>{{ preview.operation }}: {{ preview.size.before }} → {{ preview.size.after }} nodes; services
+{{ preview.services.after|join:", " }}; {{ preview.plan.tasks }} tasks in {{ preview.plan.stages }} stages
+({% for action, n in preview.plan.by_action.items %}{{ n }} {{ action }}{% if not forloop.last %}, {% endif %}
+{% endfor %}).</p>
+{% if preview.restarts %}<p>Restarts: {% for service, nodes in preview.restarts.items %}{{ service }} on
+{{ nodes|join:", " }}{% if not forloop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+{% if preview.nodes.added %}<p>Nodes added: {% for n in preview.nodes.added %}{{ n.hostname }}
+{% endfor %}</p>{% endif %}
+{% if preview.nodes.removed %}<p>Nodes removed: {% for n in preview.nodes.removed %}{{ n.hostname }}
+{% endfor %}</p>{% endif %}
+<pre style="white-space: pre-wrap">{{ preview_json }}</pre>
+<input type="submit" name="apply" value="Confirm and start the job">{% endif %}
+<input type="submit" name="preview" value="Preview">
+</form>{% endblock %}"""
+)
+
+
+class Day2Form(forms.Form):
+    """What a day-2 operation needs; the fields an operation does not use are ignored."""
+
+    operation = forms.ChoiceField(choices=[(key, label) for key, (label, _) in DAY2_OPERATIONS.items()])
+    services = forms.CharField(required=False, help_text="Comma-separated; empty for start/stop/restart = all.")
+    count = forms.IntegerField(required=False, min_value=1)
+    nodes = forms.CharField(required=False, help_text="Scale in: comma-separated node numbers or hostnames.")
+    config = forms.JSONField(required=False, help_text="Reconfigure: the whole new config.")
+    restart = forms.BooleanField(required=False, help_text="Reconfigure and sync: restart services around it.")
+
+    def arguments(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        names = [name.strip() for name in (data["services"] or "").split(",") if name.strip()]
+        operation = data["operation"]
+        if operation == "reconfigure":
+            return {"config": data["config"] if data["config"] is not None else {}, "restart": data["restart"]}
+        if operation in ("start", "stop", "restart", "add", "remove"):
+            return {"services": names}
+        if operation == "scale_out":
+            return {"count": data["count"] or 0}
+        if operation == "scale_in":
+            nodes = [name.strip() for name in (data["nodes"] or "").split(",") if name.strip()]
+            return {"nodes": nodes} if nodes else {"count": data["count"] or 0}
+        return {"restart": data["restart"]}
+
+
 @admin.register(Cluster)
 class ClusterAdmin(TenantAdminScopeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    actions = ("day2_operation",)
     list_display = ("name", "tenant", "owner", "template", "size", "status", "expires_at", "created_at")
     list_filter = (TenantListFilter, "status")
     list_select_related = ("tenant", "owner", "template_version")
@@ -182,6 +254,36 @@ class ClusterAdmin(TenantAdminScopeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("tenant", "owner", "template_version", "provider_version")
+
+    @admin.action(description="Day-2 operation (preview, then confirm)")
+    def day2_operation(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> HttpResponse | None:
+        """One cluster at a time: the form, then (Preview) what would happen, then (Confirm) the job. The
+        services decide who may act on the cluster and refuse a busy one; a refusal is shown on the form."""
+        clusters = list(queryset[:2])
+        if len(clusters) != 1:
+            self.message_user(request, "Select exactly one cluster for a day-2 operation.", messages.ERROR)
+            return None
+        cluster = clusters[0]
+        form = Day2Form(request.POST if "operation" in request.POST else None)
+        preview: dict[str, Any] | None = None
+        if form.is_valid():
+            run = DAY2_OPERATIONS[form.cleaned_data["operation"]][1]
+            try:
+                with transaction.atomic():
+                    outcome = run(user=request.user, cluster=cluster, preview="apply" not in request.POST,
+                                  **form.arguments())  # fmt: skip
+            except ApplicationError as error:
+                form.add_error(None, error.message)
+            else:
+                if outcome.job is not None or "apply" in request.POST:
+                    what = change_link(outcome.job) if outcome.job is not None else "the template pin moved"
+                    self.message_user(request, format_html("{}: {}", cluster.name, what), messages.SUCCESS)
+                    return None
+                preview = outcome.change.to_json()
+        context = {**self.admin_site.each_context(request), "title": f"Day-2 operation on {cluster.name}",
+                   "cluster": cluster, "form": form, "preview": preview,
+                   "preview_json": redact(json.dumps(preview, indent=2)) if preview else ""}  # fmt: skip
+        return HttpResponse(DAY2_PAGE.render(RequestContext(request, context)))
 
     @admin.display(description="template", ordering="template_name")
     def template(self, obj: Cluster) -> str:

@@ -10,6 +10,9 @@
 - ``GET /jobs/{id}`` (progress, why tasks wait), ``GET /jobs/{id}/tasks`` (every task with its attempts),
   ``GET /tasks/{id}``, ``GET /tasks/{id}/attempts/{n}`` (one attempt with its whole redacted log).
 - ``POST /clusters/preview``: what a create would do, nothing created.
+- Day-2 operations (``clusters.services.day2``), each ``?preview=true`` for what it would do (200) and 202 +
+  job otherwise: ``POST /clusters/{id}/config``, ``/services/start|stop|restart``, ``/services`` (add),
+  ``/services/remove``, ``/scale-out``, ``/scale-in``, ``/sync``.
 
 Users see and act on their own clusters and those shared with them (guardian grants), tenant admins on all
 of the tenant's; another tenant's cluster, job or task is a 404. Every list costs a constant number of
@@ -34,6 +37,7 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from loom_site.input_guards import StrictJSONParser
@@ -54,8 +58,26 @@ from .serializers import (
     JobSerializer,
     LeaseExtendInputSerializer,
     NodeSerializer,
+    ReconfigureInputSerializer,
+    ScaleInInputSerializer,
+    ScaleOutInputSerializer,
+    ServicesChangeInputSerializer,
+    ServicesScopeInputSerializer,
+    SyncInputSerializer,
     TaskAttemptDetailSerializer,
     TaskSerializer,
+)
+from .services.day2 import (
+    Day2Outcome,
+    cluster_reconfigure,
+    cluster_scale_in,
+    cluster_scale_out,
+    cluster_services_add,
+    cluster_services_remove,
+    cluster_services_restart,
+    cluster_services_start,
+    cluster_services_stop,
+    cluster_sync,
 )
 from .services.lifecycle import cluster_create, cluster_delete
 from .services.operations import cluster_abort, cluster_lease_extend, cluster_pause, cluster_resume, cluster_retry
@@ -205,6 +227,22 @@ class OperationMixin:
 OPERATION_RESPONSES = {
     202: OpenApiResponse(ClusterOperationSerializer, description="Accepted; Location is the job's URL."),
 }
+DAY2_RESPONSES = {
+    **OPERATION_RESPONSES,
+    200: OpenApiResponse(
+        OpenApiTypes.OBJECT,
+        description="With ?preview=true: what the operation would do (sizes, services, nodes added, removed and "
+        "changed, restarts per service, the plan with its tasks per node); nothing is done.",
+    ),
+}
+DAY2_PARAMETERS = [
+    OpenApiParameter("preview", bool, description="Only show what the operation would do (200), start nothing."),
+    OpenApiParameter("tasks", bool, description="With preview: the full task and edge lists even for large plans."),
+]
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
 
 
 @extend_schema_view(
@@ -309,6 +347,78 @@ class ClusterViewSet(OperationMixin, TenantScopedMixin, viewsets.GenericViewSet)
     def retry(self, request: Request, pk: str) -> Response:
         """Re-run only the failed and dropped tasks of the failed (or aborted) latest job."""
         return self._operate(cluster_retry)
+
+    # --- day-2 operations: each previews with ?preview=true (200, nothing done) or starts a job (202) -------
+
+    def _day2(self, serializer_class: type[Serializer], run: Callable[..., Day2Outcome]) -> Response:
+        cluster = self.get_object()
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        preview = _flag(self.request, "preview")
+        outcome = run(user=self.request.user, cluster=cluster, preview=preview, **serializer.validated_data)
+        if preview:
+            return Response(outcome.change.to_json(include_tasks=_flag(self.request, "tasks")))
+        if outcome.job is None:  # a sync that only moved the template pin
+            return Response({"cluster": self.cluster_detail(self.get_object()), "job": None})
+        return self.accepted(cluster, outcome.job)
+
+    @extend_schema(request=ReconfigureInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="config")
+    def reconfigure(self, request: Request, pk: str) -> Response:
+        """Replace the whole config (macros checked on the nodes) and configure every service, restarting
+        them around it unless ``restart`` is false."""
+        return self._day2(ReconfigureInputSerializer, cluster_reconfigure)
+
+    @extend_schema(request=ServicesScopeInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="services/start")
+    def services_start(self, request: Request, pk: str) -> Response:
+        """Start the named services (all when none) and, first, what they depend on."""
+        return self._day2(ServicesScopeInputSerializer, cluster_services_start)
+
+    @extend_schema(request=ServicesScopeInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="services/stop")
+    def services_stop(self, request: Request, pk: str) -> Response:
+        """Stop the named services (all when none) and, first, what depends on them."""
+        return self._day2(ServicesScopeInputSerializer, cluster_services_stop)
+
+    @extend_schema(request=ServicesScopeInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="services/restart")
+    def services_restart(self, request: Request, pk: str) -> Response:
+        """Stop the named services (all when none) and their dependents, then start them with their
+        dependencies."""
+        return self._day2(ServicesScopeInputSerializer, cluster_services_restart)
+
+    @extend_schema(request=ServicesChangeInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="services")
+    def services_add(self, request: Request, pk: str) -> Response:
+        """Add services on existing nodes (incremental solving) and install, configure and start them."""
+        return self._day2(ServicesChangeInputSerializer, cluster_services_add)
+
+    @extend_schema(request=ServicesChangeInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="services/remove")
+    def services_remove(self, request: Request, pk: str) -> Response:
+        """Stop and remove services; 400 naming any service that still requires one of them."""
+        return self._day2(ServicesChangeInputSerializer, cluster_services_remove)
+
+    @extend_schema(request=ScaleOutInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="scale-out")
+    def scale_out(self, request: Request, pk: str) -> Response:
+        """Add ``count`` nodes (409 ``quota_exceeded`` past the tenant's max_nodes); peers are reconfigured."""
+        return self._day2(ScaleOutInputSerializer, cluster_scale_out)
+
+    @extend_schema(request=ScaleInInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="scale-in")
+    def scale_in(self, request: Request, pk: str) -> Response:
+        """Remove ``count`` nodes chosen within the template's constraints, or the named ``nodes``; the rest
+        are reconfigured once they are gone."""
+        return self._day2(ScaleInInputSerializer, cluster_scale_in)
+
+    @extend_schema(request=SyncInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="sync")
+    def sync(self, request: Request, pk: str) -> Response:
+        """Move to the template's latest version: 400 when the cluster breaks its constraints; config defaults
+        the cluster still has are updated by a reconfigure (200 with ``job`` null when only the pin moves)."""
+        return self._day2(SyncInputSerializer, cluster_sync)
 
     @extend_schema(request=LeaseExtendInputSerializer, responses=ClusterDetailSerializer)
     @action(detail=True, methods=["post"], url_path="lease")
@@ -468,5 +578,4 @@ class ClusterPreviewApi(TenantScopedMixin, APIView):
         serializer = ClusterPreviewInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         preview = cluster_preview(user=request.user, tenant=self.tenant, request=serializer.to_request())
-        include_tasks = request.query_params.get("tasks", "").lower() in {"1", "true", "yes"}
-        return Response(preview.to_json(include_tasks=include_tasks))
+        return Response(preview.to_json(include_tasks=_flag(request, "tasks")))

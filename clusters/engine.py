@@ -258,6 +258,9 @@ def job_start(*, job: Job, on_ready: OnReady) -> list[Ready]:
     ready = _dispatch(tenant_id, fresh=list(queued.order_by("key").values_list("pk", flat=True)), now=now)
     if status == Job.Status.NOT_STARTED:
         send_job_event(JobEventData(JobEvent.STARTED, tenant_id, job.cluster_id, job.pk))
+    if not Task.objects.filter(job_id=job.pk, status__in=UNFINISHED_TASK_STATUSES).exists():
+        # Nothing to run (an empty plan, or a paused job whose last task ended meanwhile): it is done now.
+        _settle(_lock_job(job.pk), now=now, may_be_done=True)
     _enqueue(ready, on_ready)
     return ready
 

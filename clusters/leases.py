@@ -132,9 +132,10 @@ def lease_policy(cluster: Cluster) -> LeasePolicy:
     )
     seen: set[str] = set()
     while document is not None:
-        # The same test as ``resolve_template``, so the rules an extension checks are the ones the create used.
+        # The same test as ``resolve_template``, so the rules an extension checks are the ones the create used:
+        # the deepest template that sets a lease wins (other administration settings do not count).
         administration = document.get("administration") or FOREVER_LEASE
-        if administration != FOREVER_LEASE:
+        if administration.get("leaseduration", FOREVER_LEASE["leaseduration"]) != FOREVER_LEASE["leaseduration"]:
             return LeasePolicy.from_administration(administration)
         parent = (document.get("extends") or {}).get("name")
         if not parent or parent in seen:

@@ -88,6 +88,59 @@ class LeaseExtendInputSerializer(serializers.Serializer):
         return attrs
 
 
+# --- day-2 operations (clusters.services.day2) --------------------------------------------------------------
+
+
+class ReconfigureInputSerializer(serializers.Serializer):
+    """The whole new config (it replaces the old one) and whether services restart around the configure."""
+
+    config = serializers.DictField(help_text="The cluster's new config; macros are checked on its nodes.")
+    restart = serializers.BooleanField(default=True, help_text="Stop before and start after configuring.")
+
+
+class ServicesScopeInputSerializer(serializers.Serializer):
+    """Services to start, stop or restart; none (or an empty list) means all of the cluster's."""
+
+    services = serializers.ListField(
+        child=serializers.RegexField(NAME_PATTERN, max_length=255), max_length=1000, required=False, default=list
+    )
+
+
+class ServicesChangeInputSerializer(serializers.Serializer):
+    """Services to add to, or remove from, the cluster."""
+
+    services = serializers.ListField(
+        child=serializers.RegexField(NAME_PATTERN, max_length=255), max_length=1000, min_length=1
+    )
+
+
+class ScaleOutInputSerializer(serializers.Serializer):
+    count = serializers.IntegerField(min_value=1, max_value=100_000, help_text="Nodes to add.")
+
+
+class ScaleInInputSerializer(serializers.Serializer):
+    """Either how many nodes to remove (chosen within the template's constraints) or which ones."""
+
+    count = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    nodes = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        max_length=100_000,
+        min_length=1,
+        required=False,
+        help_text="Node numbers or hostnames.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("count" in attrs) == ("nodes" in attrs):
+            message = "give exactly one of count and nodes"
+            raise serializers.ValidationError({"count": [message], "nodes": [message]})
+        return attrs
+
+
+class SyncInputSerializer(serializers.Serializer):
+    restart = serializers.BooleanField(default=False, help_text="Restart services around a config change.")
+
+
 # --- output --------------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ creates a dependency cycle is caught when it is saved, not when a cluster is lau
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -169,7 +170,7 @@ def resolve_template(name: str, view: CatalogView) -> tuple[Doc, Problems]:
                      "dnsSuffix": None, "config": {}}  # fmt: skip
     constraints: Doc = {"size": dict(DEFAULT_SIZE), "layout": {"mustcoexist": [], "cantcoexist": []},
                         "services": {}}  # fmt: skip
-    administration: Doc = FOREVER_LEASE
+    administration: Doc = copy.deepcopy(FOREVER_LEASE)
     links: list[dict[str, str]] = []
     immutable_keys: dict[str, str] = {}
     for kind, doc in merge_order(name, view, problems):
@@ -200,8 +201,12 @@ def resolve_template(name: str, view: CatalogView) -> tuple[Doc, Problems]:
                     if sorted(group) not in [sorted(g) for g in constraints["layout"][group_key]]:
                         constraints["layout"][group_key].append(group)
             constraints["services"].update(element["services"])
-            if doc["administration"] != FOREVER_LEASE:
-                administration = doc["administration"]
+            # Per setting, the deepest template that sets it wins: a child that only sets ``maxattempts``
+            # keeps its parent's lease.
+            own = doc["administration"]
+            if own.get("leaseduration", FOREVER_LEASE["leaseduration"]) != FOREVER_LEASE["leaseduration"]:
+                administration["leaseduration"] = own["leaseduration"]
+            administration.update({key: own[key] for key in ("maxattempts", "tasktimeout") if key in own})
     result.update(
         compatibility=compatibility,
         defaults=defaults,

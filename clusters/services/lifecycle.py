@@ -13,6 +13,7 @@ Who may see or act on a cluster is decided in ``clusters.selectors``. Both servi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -102,6 +103,33 @@ def scheduled(planned: Plan) -> Plan:
     return staged(planned) if settings.LOOM_SCHEDULING == "staged" else planned
 
 
+def job_launch(
+    *,
+    cluster: Cluster,
+    operation: Operation,
+    user: Any,
+    planned: Plan,
+    nodes_by_key: Mapping[str, Node],
+    limits: dict[str, int],
+    before_start: Callable[[], None] | None = None,
+) -> Job:
+    """Store ``planned`` as a new job of ``cluster`` and start it: what create, delete and the day-2
+    operations share. The caller has moved the cluster to pending inside its transaction and made the Node
+    rows ``nodes_by_key`` names; ``before_start`` runs after the (bulk) inserts, just before the dispatch
+    (create re-checks the quotas there, under the tenant lock, which it then holds only briefly).
+
+    A plan without tasks (a delete of a cluster with no machine left, a stop of services that define no stop)
+    completes the job at once (``engine.job_start``) and gives the cluster the operation's success status.
+    The ready tasks reach the broker on commit only (``engine.job_start``).
+    """
+    job = Job.objects.create(cluster=cluster, operation=operation, requested_by=user, **limits)
+    engine.job_persist_plan(job=job, plan=scheduled(planned), nodes_by_key=nodes_by_key)
+    if before_start is not None:
+        before_start()
+    engine.job_start(job=job, on_ready=enqueue)  # an empty plan completes at once, with its events
+    return job
+
+
 def _latest_version(tenant: Tenant, kind: str, name: str) -> CatalogVersion:
     version = CatalogVersion.objects.filter(tenant=tenant, kind=kind, name=name).order_by("-version").first()
     if version is None:
@@ -174,15 +202,17 @@ def cluster_create(
                 for spec in preview.nodes
             ]
         )
-        job = Job.objects.create(cluster=cluster, operation=Operation.CREATE, requested_by=user, **job_limits(resolved))
         by_key = {spec.node_id: node for spec, node in zip(preview.nodes, nodes, strict=True)}
-        engine.job_persist_plan(job=job, plan=scheduled(preview.plan), nodes_by_key=by_key)
         # The quotas again, under the tenant lock (held to commit, as job_start's dispatch holds it anyway): a
         # concurrent create either committed before (and is counted) or waits here. Checked after the plan
         # is stored so the lock is held only for the short tail of the transaction, not the bulk inserts
         # (which would stall the dispatch of the tenant's other jobs); refused, everything rolls back.
-        tenant_quota_check(tenant=tenant, clusters=1, nodes=len(preview.nodes), lock=True, new=cluster)
-        engine.job_start(job=job, on_ready=enqueue)
+        job = job_launch(
+            cluster=cluster, operation=Operation.CREATE, user=user, planned=preview.plan, nodes_by_key=by_key,
+            limits=job_limits(resolved),
+            before_start=lambda: tenant_quota_check(tenant=tenant, clusters=1, nodes=len(preview.nodes), lock=True,
+                                                    new=cluster),
+        )  # fmt: skip
         audit(tenant=tenant, actor=user, action="create", kind="cluster", name=cluster.name,
               summary={"cluster": cluster.pk, "job": job.pk, "template": preview.template,
                        "provider": preview.provider, "size": cluster.size,
@@ -230,15 +260,8 @@ def cluster_delete(*, user: Any, cluster: Cluster, reason: str = "") -> Job:
             raise Conflict(f"cluster {locked.name} cannot be deleted from {locked.status}")
         template = CatalogVersion.objects.filter(pk=locked.template_version_id).values_list("document", flat=True)
         limits = job_limits(template.first() or {})
-        job = Job.objects.create(cluster=locked, operation=Operation.DELETE, requested_by=user, **limits)
-        engine.job_persist_plan(job=job, plan=scheduled(planned), nodes_by_key={node.node_key: node for node in nodes})
-        if not planned.tasks:
-            # Nothing to delete: the job is complete at once.
-            transition(Job, job.pk, to=Job.Status.RUNNING)
-            transition(Job, job.pk, to=Job.Status.COMPLETED)
-            transition(Cluster, locked.pk, to=Cluster.Status.TERMINATED)
-        else:
-            engine.job_start(job=job, on_ready=enqueue)
+        job = job_launch(cluster=locked, operation=Operation.DELETE, user=user, planned=planned,
+                         nodes_by_key={node.node_key: node for node in nodes}, limits=limits)  # fmt: skip
         audit(tenant=locked.tenant, actor=user, action="delete", kind="cluster", name=locked.name,
               summary={"cluster": locked.pk, "job": job.pk, "reason": reason or None})  # fmt: skip
     job.refresh_from_db()

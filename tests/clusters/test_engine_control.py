@@ -26,6 +26,7 @@ from clusters.engine import (
 from clusters.heartbeat import Heartbeat
 from clusters.hooks import JobRequest, JobVetoed, _hooks
 from clusters.janitor import janitor_run
+from clusters.leases import lease_policy
 from clusters.models import Cluster, IdempotencyRecord, Job, Task
 from clusters.pins import pinned_service_documents
 from clusters.planner import Action, staged
@@ -390,3 +391,30 @@ def test_the_janitor_forgets_idempotency_records_after_their_ttl(tenant_a, admin
     IdempotencyRecord.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=2))
     assert janitor_run(on_ready=lambda _: None).idempotency_records_deleted == 1
     assert list(IdempotencyRecord.objects.values_list("pk", flat=True)) == [fresh.pk]
+
+
+def test_a_child_template_that_sets_only_attempts_keeps_its_parents_lease(tenant_a, admin_a):
+    data = catalog()
+    parent = data["clustertemplates"][0]
+    parent["administration"] = {"leaseduration": {"initial": "1d", "max": "7d", "step": "1d"}}
+    child = {**parent, "name": "child", "extends": {"name": "fleet"}, "administration": {"maxattempts": 5}}
+    data["clustertemplates"].append(child)
+    catalog_import(tenant=tenant_a, user=None, data=data)
+    cluster, job = cluster_create(user=admin_a, tenant=tenant_a, request=PreviewRequest("heir", "child", 1))
+    assert job.max_attempts == 5
+    assert cluster.expires_at is not None and cluster.expires_at - cluster.created_at >= timedelta(hours=23)
+    assert lease_policy(cluster).max_ms == 7 * 86_400_000
+
+
+def test_a_job_with_nothing_to_run_completes_at_start_with_its_events(transactional_db, tenant_a, admin_a, catalog_a):
+    received: list[JobEventData] = []
+    job_event.connect(lambda sender, data, **kw: received.append(data), weak=False, dispatch_uid="t-empty")
+    try:
+        cluster, _, _ = lamp_job(tenant_a, admin_a, name="empty", size=1)
+        empty = Job.objects.create(cluster=cluster, operation="stop_services")
+        assert job_start(job=empty, on_ready=lambda _: None) == []
+    finally:
+        job_event.disconnect(dispatch_uid="t-empty")
+    refresh(empty, cluster)
+    assert empty.status == "completed" and cluster.status == "active"
+    assert [(d.event, d.job_id) for d in received] == [(JobEvent.STARTED, empty.pk), (JobEvent.SUCCEEDED, empty.pk)]
