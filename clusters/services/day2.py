@@ -67,7 +67,7 @@ from ..specs import (
 )
 from ..state import transition
 from .lifecycle import ACTIVE_JOB_STATUSES, job_launch, job_limits, tenant_quota_check
-from .preview import NODE_LIST_LIMIT, TASK_LIST_LIMIT
+from .preview import NODE_LIST_LIMIT, plan_json
 
 NEW_NODE_PREFIX = "new-"
 """Planner node ids of nodes a scale-out adds (existing nodes are known by their ``node_key``)."""
@@ -173,34 +173,6 @@ class Day2Change:
 def _node_json(node: NodeSpec) -> dict[str, Any]:
     return {"number": node.number, "hostname": node.hostname, "hardwaretype": node.hardware,
             "imagetype": node.image, "services": sorted(node.services)}  # fmt: skip
-
-
-def plan_json(planned: Plan, nodes: Iterable[NodeSpec], *, include_tasks: bool = False) -> dict[str, Any]:
-    """A plan as previews show it: counts, stages, tasks per action; the task and edge lists (each task with
-    its node's number and hostname) for plans up to ``TASK_LIST_LIMIT`` tasks or when asked."""
-    real = [task for task in planned.tasks if not task.is_join]
-    stage_sizes = [0] * planned.stages
-    for task in real:
-        stage_sizes[task.stage] += 1
-    result: dict[str, Any] = {
-        "tasks": planned.real_task_count,
-        "join_points": planned.join_count,
-        "edges": len(planned.edges),
-        "stages": planned.stages,
-        "critical_path": planned.critical_path,
-        "by_action": dict(sorted(Counter(str(task.action) for task in real).items())),
-        "stage_sizes": stage_sizes,
-    }
-    if include_tasks or len(planned.tasks) <= TASK_LIST_LIMIT:
-        by_id = {node.node_id: node for node in nodes}
-        result["task_list"] = [
-            {"key": t.key, "node": by_id[t.node_id].number if t.node_id else None,
-             "hostname": by_id[t.node_id].hostname if t.node_id else None, "action": str(t.action),
-             "service": t.service, "stage": t.stage, **({"label": t.label} if t.is_join else {})}
-            for t in planned.tasks
-        ]  # fmt: skip
-        result["edge_list"] = [list(edge) for edge in planned.edges]
-    return result
 
 
 @dataclass(frozen=True)

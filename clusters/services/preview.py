@@ -10,6 +10,7 @@ layout, the solver's reasons).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,6 @@ class Preview:
                     "hourly_cost": None if cost is None else round(cost * role.count, 6),
                 }
             )
-        tasks = self.plan.tasks
         result: dict[str, Any] = {
             "template": self.template,
             "provider": self.provider,
@@ -94,16 +94,7 @@ class Preview:
             "services": self.services,
             "layout": {"roles": roles},
             "cost": {"hourly": total, "complete": not unknown, "unknown_hardwaretypes": unknown},
-            "plan": {
-                "tasks": self.plan.real_task_count,
-                "join_points": self.plan.join_count,
-                "edges": len(self.plan.edges),
-                "edges_without_join_points": self.plan.expanded_edge_count,
-                "stages": self.plan.stages,
-                "critical_path": self.plan.critical_path,
-                "by_action": dict(sorted(Counter(str(t.action) for t in tasks if not t.is_join).items())),
-                "stage_sizes": _stage_sizes(self.plan),
-            },
+            "plan": plan_json(self.plan, self.nodes, include_tasks=include_tasks),
             "warnings": self.warnings,
         }
         if len(self.nodes) <= NODE_LIST_LIMIT:
@@ -112,23 +103,36 @@ class Preview:
                  "services": sorted(n.services)}
                 for n in self.nodes
             ]  # fmt: skip
-        if include_tasks or len(tasks) <= TASK_LIST_LIMIT:
-            numbers = {n.node_id: n.number for n in self.nodes}
-            result["plan"]["task_list"] = [
-                {"key": t.key, "node": numbers.get(t.node_id or ""), "action": str(t.action), "service": t.service,
-                 "stage": t.stage, **({"label": t.label} if t.is_join else {})}
-                for t in tasks
-            ]  # fmt: skip
-            result["plan"]["edge_list"] = [list(edge) for edge in self.plan.edges]
         return result
 
 
-def _stage_sizes(plan_: Plan) -> list[int]:
-    sizes = [0] * plan_.stages
-    for task in plan_.tasks:
-        if not task.is_join and task.stage < plan_.stages:
-            sizes[task.stage] += 1
-    return sizes
+def plan_json(planned: Plan, nodes: Iterable[NodeSpec], *, include_tasks: bool = False) -> dict[str, Any]:
+    """A plan as previews show it: counts, stages, tasks per action; the task and edge lists (each task with
+    its node's number and hostname) for plans up to ``TASK_LIST_LIMIT`` tasks or when asked."""
+    real = [task for task in planned.tasks if not task.is_join]
+    stage_sizes = [0] * planned.stages
+    for task in real:
+        stage_sizes[task.stage] += 1
+    result: dict[str, Any] = {
+        "tasks": planned.real_task_count,
+        "join_points": planned.join_count,
+        "edges": len(planned.edges),
+        "edges_without_join_points": planned.expanded_edge_count,
+        "stages": planned.stages,
+        "critical_path": planned.critical_path,
+        "by_action": dict(sorted(Counter(str(task.action) for task in real).items())),
+        "stage_sizes": stage_sizes,
+    }
+    if include_tasks or len(planned.tasks) <= TASK_LIST_LIMIT:
+        by_id = {node.node_id: node for node in nodes}
+        result["task_list"] = [
+            {"key": t.key, "node": by_id[t.node_id].number if t.node_id else None,
+             "hostname": by_id[t.node_id].hostname if t.node_id else None, "action": str(t.action),
+             "service": t.service, "stage": t.stage, **({"label": t.label} if t.is_join else {})}
+            for t in planned.tasks
+        ]  # fmt: skip
+        result["edge_list"] = [list(edge) for edge in planned.edges]
+    return result
 
 
 def _nodes(name: str, layout: ClusterLayout, dns_suffix: str | None) -> list[NodeSpec]:
