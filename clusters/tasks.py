@@ -21,13 +21,45 @@ def enqueue(ready: list[Ready]) -> None:
         task_run_task.apply_async((item.task_pk,), countdown=item.countdown or None)
 
 
+MAX_CONTINUATIONS = 50
+"""Ready tasks a worker thread may run itself, one after another, before it goes back to the broker."""
+
+
+class _Continuation:
+    """An ``on_ready`` that keeps the first task ready at once (no countdown) for the calling thread and
+    publishes the rest. Running a chain's next task in the thread that finished its predecessor saves a
+    broker round trip per step (publish, deliver, a new Celery task), which on a long chain is most of the
+    time between two tasks. The kept task is dispatched in the database like any other, so should this
+    worker die before running it, the janitor's lost-message pass sends it again."""
+
+    def __init__(self, *, keep: bool) -> None:
+        self.keep = keep
+        self.kept: int | None = None
+
+    def __call__(self, ready: list[Ready]) -> None:
+        rest = list(ready)
+        if self.keep and self.kept is None:
+            for index, item in enumerate(rest):
+                if not item.countdown:
+                    self.kept = rest.pop(index).task_pk
+                    break
+        enqueue(rest)
+
+
 @shared_task(bind=True, ignore_result=True, acks_late=True)
 def task_run_task(self: object, task_pk: int) -> None:
     from .runner import task_run
 
     hostname = getattr(getattr(self, "request", None), "hostname", None) or "local"
     worker = f"{hostname}/{threading.current_thread().name}"
-    task_run(task_pk=task_pk, worker=worker, on_ready=enqueue)
+    next_pk: int | None = task_pk
+    for step in range(MAX_CONTINUATIONS + 1):
+        assert next_pk is not None
+        continuation = _Continuation(keep=step < MAX_CONTINUATIONS)
+        task_run(task_pk=next_pk, worker=worker, on_ready=continuation)
+        next_pk = continuation.kept
+        if next_pk is None:
+            return
 
 
 @shared_task(ignore_result=True)
