@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.template import RequestContext, Template
-from django.urls import reverse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from providers.secrets import redact
@@ -43,7 +46,7 @@ from tenants.admin_mixins import (
 from tenants.errors import ApplicationError
 from tenants.models import Tenant
 
-from . import webhooks
+from . import metering, webhooks
 from .models import Cluster, Job, Node, Task, TaskAttempt, Webhook, WebhookDelivery
 from .services import day2
 from .services.day2 import Day2Outcome
@@ -232,6 +235,20 @@ class Day2Form(forms.Form):
         return {"restart": data["restart"]}
 
 
+USAGE_PAGE = Template(
+    """{% extends "admin/base_site.html" %}{% block content %}
+<h1>{{ title }}</h1>
+<p>Node-hours from {{ usage.start }} to {{ usage.end }} (UTC days; <code>?days=</code> changes the range), in
+total <strong>{{ usage.total }}</strong>. A machine counts from its successful create to its successful delete
+(<code>GET /api/v2/usage/nodes</code> has the same with filters).</p>
+{% for heading, rows in tables %}<h2>{{ heading }}</h2><table>
+{% for row in rows %}<tr><td>{{ row.name }}</td><td>{{ row.value }}</td></tr>{% empty %}<tr><td>none</td></tr>
+{% endfor %}</table>{% endfor %}
+<h2>Per day</h2><table>{% for row in usage.data %}<tr><td>{{ row.time }}</td><td>{{ row.value }}</td></tr>
+{% endfor %}</table>{% endblock %}"""
+)
+
+
 @admin.register(Cluster)
 class ClusterAdmin(TenantAdminScopeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     actions = ("day2_operation",)
@@ -254,6 +271,28 @@ class ClusterAdmin(TenantAdminScopeMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("tenant", "owner", "template_version", "provider_version")
+
+    def get_urls(self) -> list[Any]:
+        usage = path("usage/", self.admin_site.admin_view(self.usage_view), name="clusters_cluster_usage")
+        return [usage, *super().get_urls()]
+
+    def usage_view(self, request: HttpRequest) -> HttpResponse:
+        """Usage overview: node-hours of the clusters this admin may see (superusers: every tenant) over the
+        last ``?days=`` days (default 30), per tenant, user, template and cluster, and per day."""
+        if not self.has_view_permission(request):
+            raise DjangoPermissionDenied
+        try:
+            days = min(max(int(request.GET.get("days", "30")), 1), 3660)
+        except ValueError:
+            days = 30
+        end = timezone.now()
+        nodes = Node.objects.filter(cluster__in=self.get_queryset(request).values("pk"))
+        usage = metering.node_usage(nodes=nodes, start=end - timedelta(days=days), end=end, groupby="day").to_json()
+        tables = [("Per tenant", usage["tenants"]), ("Per user", usage["users"]),
+                  ("Per template", usage["templates"]), ("Per cluster", usage["clusters"])]  # fmt: skip
+        context = {**self.admin_site.each_context(request), "title": "Usage overview", "usage": usage,
+                   "tables": tables}  # fmt: skip
+        return HttpResponse(USAGE_PAGE.render(RequestContext(request, context)))
 
     @admin.action(description="Day-2 operation (preview, then confirm)")
     def day2_operation(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> HttpResponse | None:

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import DefaultRouter
 
 from clusters import api as clusters_api
-from clusters import webhooks_api
+from clusters import metering_api, webhooks_api
 from providers import resources_api
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
@@ -67,6 +67,7 @@ plugin_resource_urls = [
 urlpatterns = [
     *plugin_resource_urls,
     path("clusters/preview", clusters_api.ClusterPreviewApi.as_view(), name="cluster-preview"),
+    path("usage/nodes", metering_api.NodeUsageApi.as_view(), name="usage-nodes"),
     path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),
     path("import", catalog_api.CatalogImportApi.as_view(), name="catalog-import"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

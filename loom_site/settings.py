@@ -265,11 +265,30 @@ LOOM_MAX_CLUSTER_SIZE = env.int("LOOM_MAX_CLUSTER_SIZE", default=10000)
 LOOM_IMPORT_MAX_BYTES = env.int("LOOM_IMPORT_MAX_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LOOM_IMPORT_MAX_BYTES
 
+# Bearer token a Prometheus server may use on /metrics instead of a superuser's token (empty: none).
+LOOM_METRICS_TOKEN = env.str("LOOM_METRICS_TOKEN", default="")
+
+# ``json``: one JSON object per line (loom_site/logging.py) with the ``extra`` fields the engine passes
+# (tenant, cluster, job, task, attempt, ...); ``plain``: one readable line.
+LOOM_LOG_FORMAT = env.str("LOOM_LOG_FORMAT", default="plain")
+if LOOM_LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOOM_LOG_FORMAT must be json or plain, not {LOOM_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"redact": {"()": "providers.secrets.RedactingFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "loom_site.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOOM_LOG_FORMAT, "filters": ["redact"]},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOOM_LOG_LEVEL", default="INFO")},
+    # paramiko logs every connection, authentication and SFTP session at INFO: several lines per SSH action,
+    # thousands for one cluster. Its warnings and errors still show; Loom logs what an action did itself.
+    "loggers": {"paramiko": {"level": "WARNING"}},
 }
+# Celery workers replace the root logger's handlers with their own plain format unless told not to; JSON logs
+# must reach workers too (the engine logs there), so the handler above is kept.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOOM_LOG_FORMAT == "plain"

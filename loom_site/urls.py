@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
+from loom_site.metrics import metrics_view
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness for scripts and load balancers; says nothing about tenants."""
@@ -15,6 +17,7 @@ urlpatterns = [
     path("api/v2/", include("loom_site.api_urls")),
     path("api/v2/auth/", include("rest_framework.urls")),  # log in/out links of the browsable API
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("frontend.urls")),
 ]
 

@@ -1,0 +1,7 @@
+"""``python -m loom_cli``: the same as the ``loom`` command."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

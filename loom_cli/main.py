@@ -1,0 +1,394 @@
+"""``loom``: log in with a token, list templates and clusters, create (with a progress bar), show, run day-2
+operations, delete, and export or import a catalog.
+
+Exit codes, for scripts: 0 success; 1 the API refused (its error message is printed) or could not be reached;
+2 bad usage (wrong arguments, not logged in, an unreadable input file); 3 a job that ``--wait`` followed ended
+failed or aborted. ``--json`` prints the API's JSON answer on stdout instead of text (errors stay on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__, config
+from .client import ApiError, Client
+
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_JOB_FAILED = 0, 1, 2, 3
+ENDED = {"completed", "failed", "aborted"}
+BAR_WIDTH = 30
+
+
+class UsageError(Exception):
+    """Bad input the API never saw (exit 2)."""
+
+
+class JobFailed(Exception):
+    """A followed job ended failed or aborted (exit 3)."""
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    """``data`` as JSON with ``--json``, else as ``text(data)``."""
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text(data).rstrip("\n") + "\n")
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)  # fmt: skip
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    percent = float(progress.get("percent") or 0)
+    filled = int(BAR_WIDTH * percent / 100)
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    return (f"job {job['id']} {job['operation']} [{bar}] {percent:5.1f}% "
+            f"{progress.get('completed', 0)}/{progress.get('total', 0)} tasks  {job['status']}")  # fmt: skip
+
+
+def cluster_text(cluster: dict[str, Any]) -> str:
+    job = cluster.get("latest_job") or {}
+    lines = [
+        f"cluster {cluster['id']} {cluster['name']}: {cluster['status']}"
+        + (f" ({cluster['status_message']})" if cluster.get("status_message") else ""),
+        f"  template {cluster['template']['name']} v{cluster['template']['version']}, "
+        f"provider {cluster['provider']['name']}, {cluster['size']} nodes, owner {cluster['owner']}",
+        f"  services: {', '.join(cluster.get('services') or []) or '-'}",
+    ]
+    if cluster.get("expires_at"):
+        lines.append(f"  expires at {cluster['expires_at']}")
+    if job:
+        lines.append(f"  latest {progress_text(job)}" + (f": {job['message']}" if job.get("message") else ""))
+    nodes = cluster.get("nodes")
+    if nodes:
+        rows = [(node["number"], node["hostname"], node["status"], _address(node), ",".join(node.get("services", [])))
+                for node in nodes]  # fmt: skip
+        lines.append(table(rows, ["#", "HOSTNAME", "STATUS", "ADDRESS", "SERVICES"]))
+    return "\n".join(lines)
+
+
+def _address(node: dict[str, Any]) -> str:
+    addresses = node.get("ipaddresses") or {}
+    return str(addresses.get("access_v4") or next(iter(addresses.values()), "-")) if addresses else "-"
+
+
+# --- waiting for a job ----------------------------------------------------------------------------------------
+
+
+def follow(client: Client, job: dict[str, Any], *, interval: float, timeout: float | None, quiet: bool) -> dict:
+    """Poll the job until it ends, drawing a progress bar on stderr (redrawn in place on a terminal, one line
+    per change otherwise); returns the ended job, raises JobFailed when it did not complete."""
+    stream: TextIO = sys.stderr
+    live = stream.isatty()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = ""
+    while True:
+        if not quiet:
+            text = progress_text(job)
+            if live:
+                stream.write("\r" + text)
+            elif text != last:
+                stream.write(text + "\n")
+            stream.flush()
+            last = text
+        if job["status"] in ENDED:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            if live and not quiet:
+                stream.write("\n")
+            raise ApiError(f"job {job['id']} still {job['status']} after {timeout:g} s (it goes on running)",
+                           code="timeout")  # fmt: skip
+        time.sleep(interval)
+        job = client.get(f"jobs/{job['id']}")
+    if live and not quiet:
+        stream.write("\n")
+    if job["status"] != "completed":
+        raise JobFailed(f"job {job['id']} {job['operation']} {job['status']}: {job.get('message') or 'no message'}")
+    return job
+
+
+def operate(args: argparse.Namespace, client: Client, answer: dict[str, Any]) -> int:
+    """Print an operation's 202 answer, or with ``--wait`` follow its job and print the cluster at the end."""
+    job = answer.get("job")
+    if getattr(args, "wait", False) and job:
+        try:
+            answer = {**answer, "job": follow(client, job, interval=args.interval, timeout=args.timeout,
+                                              quiet=args.quiet)}  # fmt: skip
+        except JobFailed:
+            answer = {
+                "cluster": client.get(f"clusters/{answer['cluster']['id']}"),
+                "job": client.get(f"jobs/{job['id']}"),
+            }
+            emit(args, answer, lambda data: cluster_text(data["cluster"]))
+            raise
+        answer["cluster"] = client.get(f"clusters/{answer['cluster']['id']}")
+    emit(args, answer, lambda data: cluster_text(data["cluster"]) if data.get("cluster") else json.dumps(data))
+    return EXIT_OK
+
+
+def read_json_file(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return json.loads(text)
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from error
+    except ValueError as error:
+        raise UsageError(f"{path} is not valid JSON: {error}") from error
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    candidate = config.Config(url=args.url.rstrip("/"), token=args.token, tenant=args.tenant or "")
+    tenants = Client(candidate).get_all("tenants")  # proves the URL and the token before anything is saved
+    path = config.save(candidate)
+    names = [tenant["name"] for tenant in tenants]
+    summary = {"url": candidate.url, "tenant": candidate.tenant, "tenants": names, "config": str(path)}
+    emit(
+        args,
+        summary,
+        lambda data: f"logged in to {data['url']} (tenants: {', '.join(names) or 'none'}); saved in {path}",
+    )
+    return EXIT_OK
+
+
+def cmd_templates(args: argparse.Namespace, client: Client) -> int:
+    templates = client.get_all("clustertemplates")
+    emit(args, templates, lambda data: table(
+        [(item["name"], _size_range(item), item.get("description", "")) for item in data],
+        ["NAME", "SIZE", "DESCRIPTION"]))  # fmt: skip
+    return EXIT_OK
+
+
+def _size_range(template: dict[str, Any]) -> str:
+    size = ((template.get("constraints") or {}).get("size")) or {}
+    low, high = size.get("min"), size.get("max")
+    return f"{low or 1}-{high}" if high else (f"{low}+" if low else "any")
+
+
+def cmd_clusters(args: argparse.Namespace, client: Client) -> int:
+    clusters = client.get_all("clusters", status=args.status, live=args.live)
+    emit(args, clusters, lambda data: table(
+        [(item["id"], item["name"], item["status"], item["template"]["name"], item["size"], item["owner"],
+          _job_summary(item.get("latest_job"))) for item in data],
+        ["ID", "NAME", "STATUS", "TEMPLATE", "SIZE", "OWNER", "LATEST JOB"]))  # fmt: skip
+    return EXIT_OK
+
+
+def _job_summary(job: dict[str, Any] | None) -> str:
+    if not job:
+        return "-"
+    return f"{job['operation']} {job['status']} {float((job.get('progress') or {}).get('percent') or 0):.0f}%"
+
+
+def cmd_show(args: argparse.Namespace, client: Client) -> int:
+    emit(args, client.get(f"clusters/{args.id}"), cluster_text)
+    return EXIT_OK
+
+
+def cmd_create(args: argparse.Namespace, client: Client) -> int:
+    body: dict[str, Any] = {"name": args.name, "clusterTemplate": args.template, "numMachines": args.size}
+    for key, value in (("provider", args.provider), ("hardwaretype", args.hardwaretype),
+                       ("imagetype", args.imagetype), ("description", args.description),
+                       ("initialLeaseDuration", args.lease_ms)):  # fmt: skip
+        if value is not None:
+            body[key] = value
+    if args.services:
+        body["services"] = _names(args.services)
+    if args.config:
+        body["config"] = read_json_file(args.config)
+    # A key per invocation: a create retried after a lost answer replays instead of creating a second cluster.
+    headers = {"Idempotency-Key": args.idempotency_key or str(uuid.uuid4())}
+    return operate(args, client, client.request("POST", "clusters", body=body, headers=headers))
+
+
+def _names(values: Sequence[str]) -> list[str]:
+    """Service names given as separate words, commas, or both."""
+    return [name for value in values for name in value.split(",") if name]
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    return operate(args, client, client.delete(f"clusters/{args.id}"))
+
+
+def day2(path: str, body: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[..., int]:
+    """A day-2 command: POST ``clusters/{id}/<path>`` (``?preview=true`` with --preview), then as ``operate``."""
+
+    def run(args: argparse.Namespace, client: Client) -> int:
+        payload = body(args)
+        if args.preview:
+            emit(args, client.post(f"clusters/{args.id}/{path}", payload, preview="true"),
+                 lambda data: json.dumps(data, indent=2))  # fmt: skip
+            return EXIT_OK
+        return operate(args, client, client.post(f"clusters/{args.id}/{path}", payload))
+
+    return run
+
+
+def _scale_in_body(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.count is None) == (not args.nodes):
+        raise UsageError("scale-in: give a COUNT or --nodes, not both")
+    return {"count": args.count} if args.count is not None else {"nodes": args.nodes}
+
+
+def cmd_catalog_export(args: argparse.Namespace, client: Client) -> int:
+    catalog = client.get("export")
+    text = json.dumps(catalog, indent=2, sort_keys=True) + "\n"
+    if args.file == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    Path(args.file).write_text(text)
+    counts = {kind: len(items) for kind, items in catalog.items() if isinstance(items, list)}
+    summary = {"file": args.file, "entities": counts}
+    emit(args, summary, lambda data: f"exported {sum(counts.values())} entities to {args.file} "
+         + "(" + ", ".join(f"{kind} {n}" for kind, n in counts.items()) + ")")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_catalog_import(args: argparse.Namespace, client: Client) -> int:
+    result = client.post("import", read_json_file(args.file), replace="true" if args.replace else None)
+
+    def text(data: dict[str, Any]) -> str:
+        parts = [f"{key} {_entities(data.get(key))}" for key in ("created", "updated", "unchanged", "deleted")]
+        warnings = [f"warning: {warning}" for warning in data.get("warnings") or []]
+        return "\n".join([f"imported {args.file}: " + ", ".join(parts), *warnings])
+
+    emit(args, result, text)
+    return EXIT_OK
+
+
+def _entities(names_by_kind: Any) -> int:
+    """How many entities an import result lists under one heading (kind → names)."""
+    if isinstance(names_by_kind, dict):
+        return sum(len(names) for names in names_by_kind.values())
+    return len(names_by_kind or [])
+
+
+# --- the parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    common.add_argument("--tenant", help="act in this tenant (X-Loom-Tenant); default: the saved one")
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    waiting.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    waiting.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    waiting.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it goes to stderr)")
+    previewing = argparse.ArgumentParser(add_help=False, parents=[common, waiting])
+    previewing.add_argument("id", type=int, help="cluster id")
+    previewing.add_argument("--preview", action="store_true", help="only show what would be done")
+
+    parser = argparse.ArgumentParser(prog="loom", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Exit codes: 0 ok, 1 API error, 2 usage, 3 job failed.")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"loom {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    login = commands.add_parser("login", parents=[common], help="check and save the server URL and token")
+    login.add_argument("--url", required=True, help="Loom's address, e.g. https://loom.example.com")
+    login.add_argument("--token", required=True, help="an API token (POST /api/v2/tokens)")
+    login.set_defaults(run=cmd_login, needs_client=False)
+
+    commands.add_parser("templates", parents=[common], help="list cluster templates").set_defaults(run=cmd_templates)
+    listing = commands.add_parser("clusters", parents=[common], help="list clusters")
+    listing.add_argument("--status", help="comma list, e.g. active,pending")
+    listing.add_argument("--live", choices=["true", "false"], help="only live (or only terminated) clusters")
+    listing.set_defaults(run=cmd_clusters)
+    show = commands.add_parser("show", parents=[common], help="a cluster with its nodes and latest job")
+    show.add_argument("id", type=int)
+    show.set_defaults(run=cmd_show)
+
+    create = commands.add_parser("create", parents=[common, waiting], help="create a cluster from a template")
+    create.add_argument("name")
+    create.add_argument("--template", required=True)
+    create.add_argument("--size", type=int, required=True, help="number of nodes")
+    create.add_argument("--provider")
+    create.add_argument("--hardwaretype")
+    create.add_argument("--imagetype")
+    create.add_argument("--services", nargs="+", help="services instead of the template's defaults")
+    create.add_argument("--config", help="JSON file with the cluster config")
+    create.add_argument("--description")
+    create.add_argument("--lease-ms", type=int, help="initial lease in milliseconds")
+    create.add_argument("--idempotency-key", help="reuse to make a retried create safe (default: a fresh one)")
+    create.set_defaults(run=cmd_create)
+
+    delete = commands.add_parser("delete", parents=[common, waiting], help="delete a cluster's machines")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(run=cmd_delete)
+
+    scale_out = commands.add_parser("scale-out", parents=[previewing], help="add COUNT nodes")
+    scale_out.add_argument("count", type=int)
+    scale_out.set_defaults(run=day2("scale-out", lambda a: {"count": a.count}))
+    scale_in = commands.add_parser("scale-in", parents=[previewing], help="remove COUNT nodes (or --nodes)")
+    scale_in.add_argument("count", type=int, nargs="?")
+    scale_in.add_argument("--nodes", nargs="+", help="node numbers or hostnames to remove")
+    scale_in.set_defaults(run=day2("scale-in", _scale_in_body))
+    reconfigure = commands.add_parser("reconfigure", parents=[previewing], help="replace the cluster's config")
+    reconfigure.add_argument("--config", required=True, help="JSON file with the whole new config ('-': stdin)")
+    reconfigure.add_argument("--no-restart", action="store_true", help="do not stop and start services around it")
+    reconfigure.set_defaults(run=day2("config", lambda a: {"config": read_json_file(a.config),
+                                                           "restart": not a.no_restart}))  # fmt: skip
+    for verb in ("start", "stop", "restart"):
+        services = commands.add_parser(verb, parents=[previewing], help=f"{verb} services (none named: all)")
+        services.add_argument("services", nargs="*")
+        services.set_defaults(run=day2(f"services/{verb}", lambda a: {"services": _names(a.services)}))
+    for verb, path in (("add-services", "services"), ("remove-services", "services/remove")):
+        change = commands.add_parser(verb, parents=[previewing], help=verb.replace("-", " "))
+        change.add_argument("services", nargs="+")
+        change.set_defaults(run=day2(path, lambda a: {"services": _names(a.services)}))
+
+    catalog = commands.add_parser("catalog", help="export or import the tenant's whole catalog")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="export|import")
+    export = catalog_commands.add_parser("export", parents=[common], help="write the catalog to FILE ('-': stdout)")
+    export.add_argument("file")
+    export.set_defaults(run=cmd_catalog_export)
+    import_ = catalog_commands.add_parser("import", parents=[common], help="import a catalog JSON file")
+    import_.add_argument("file")
+    import_.add_argument("--replace", action="store_true", help="also delete what the file does not contain")
+    import_.set_defaults(run=cmd_catalog_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on bad usage
+    try:
+        if not getattr(args, "needs_client", True):
+            return args.run(args)
+        settings = config.load()
+        if args.tenant:
+            settings = config.Config(url=settings.url, token=settings.token, tenant=args.tenant)
+        return args.run(args, Client(settings))
+    except (UsageError, config.ConfigError) as error:
+        print(f"loom: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as error:
+        print(f"loom: error: {error.message}", file=sys.stderr)
+        if args.json and error.body is not None:
+            json.dump(error.body, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        return EXIT_API
+    except JobFailed as error:
+        print(f"loom: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except KeyboardInterrupt:
+        print("\nloom: interrupted (the job, if any, goes on running)", file=sys.stderr)
+        return 130

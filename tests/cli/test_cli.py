@@ -1,0 +1,145 @@
+"""The ``loom`` command (loom_cli/) run as a subprocess against a running server (pytest-django's
+``live_server``) with a real Celery worker on the fake provider: log in, create with ``--wait``, scale out,
+show, list, delete; a failed job's exit code; catalog export and import; usage errors; and, after the run,
+``/metrics`` and the usage API over the same server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clusters.models import Cluster, Node
+from providers.models import Provider
+from templates_app.services import catalog_import
+from tenants.services import api_token_create
+from tests.clusters.workers import catalog, machines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def broken_catalog() -> dict[str, list[Any]]:
+    """The fast fake catalog plus ``brokencloud``, whose every create is refused (a terminal error)."""
+    data = catalog()
+    data["providers"].append({"name": "brokencloud", "providertype": "fake",
+                              "provisioner": {"latency_ms": "50", "terminal_failure_rate": "1"}})  # fmt: skip
+    data["hardwaretypes"][0]["providermap"]["brokencloud"] = {"flavor": "f1"}
+    data["imagetypes"][0]["providermap"]["brokencloud"] = {"image": "deb12", "sshuser": "loom"}
+    return data
+
+
+class Loom:
+    """Runs ``python -m loom_cli`` with its own HOME (so its own config file) and nothing from the caller."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {key: value for key, value in os.environ.items()
+                    if not key.startswith(("LOOM_", "XDG_")) and key != "DJANGO_SETTINGS_MODULE"}  # fmt: skip
+        self.env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+
+    def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "loom_cli", *args], cwd=self.home, env=self.env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert done.returncode == code, f"loom {' '.join(args)} → {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        return json.loads(self(*args, "--json", code=code).stdout)
+
+
+@pytest.fixture
+def loom(tmp_path: Path) -> Loom:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Loom(home)
+
+
+@pytest.fixture
+def server(live_server: Any, tenant_a: Any, admin_a: Any) -> dict[str, Any]:
+    catalog_import(tenant=tenant_a, user=None, data=broken_catalog())
+    return {"url": live_server.url, "token": api_token_create(user=admin_a, name="cli").key}
+
+
+def test_create_scale_out_and_delete_a_cluster_from_the_command_line(workers, server, loom, settings, tmp_path):
+    workers.start(concurrency=8)
+    logged_in = loom("login", "--url", server["url"], "--token", server["token"])
+    assert "tenants: acme" in logged_in.stdout
+    config = loom.home / ".config" / "loom" / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert json.loads(config.read_text()) == {"url": server["url"], "token": server["token"], "tenant": ""}
+
+    assert "fleet" in [template["name"] for template in loom.json("templates")]
+
+    created = loom("create", "web", "--template", "fleet", "--size", "3", "--wait", "--interval", "0.2", "--json")
+    answer = json.loads(created.stdout)
+    cluster_id = answer["cluster"]["id"]
+    assert answer["job"]["status"] == "completed" and answer["cluster"]["status"] == "active"
+    assert len(answer["cluster"]["nodes"]) == 3
+    progress = created.stderr.splitlines()  # not a terminal: one line per change, ending at 100 %
+    assert progress and "create [" in progress[0] and progress[-1].endswith("completed") and "100.0%" in progress[-1]
+
+    scaled = loom("scale-out", str(cluster_id), "2", "--wait", "--interval", "0.2")
+    assert "cluster " + str(cluster_id) + " web: active" in scaled.stdout and "scale_out" in scaled.stderr
+    assert Node.objects.filter(cluster_id=cluster_id, status="active").count() == 5
+    shown = loom.json("show", str(cluster_id))
+    assert shown["size"] == 5 and shown["latest_job"]["operation"] == "scale_out"
+    assert "web" in loom("clusters").stdout and "web-" in loom("show", str(cluster_id)).stdout
+
+    deleted = loom.json("delete", str(cluster_id), "--wait", "--interval", "0.2")
+    assert deleted["job"]["status"] == "completed" and deleted["cluster"]["status"] == "terminated"
+    assert Cluster.objects.get(pk=cluster_id).status == "terminated"
+    made = machines(Provider.objects.get(name="fakecloud"))
+    assert made.count() == 5 and not made.filter(deleted_at__isnull=True).exists()  # one per node, all deleted
+
+    # A job that fails: exit 3, with the job's message; the cluster is shown as it ended.
+    failed = loom("create", "bad", "--template", "fleet", "--size", "1", "--provider", "brokencloud",
+                  "--wait", "--interval", "0.2", code=3)  # fmt: skip
+    assert "failed" in failed.stderr and "cluster" in failed.stdout
+
+    # API errors: exit 1 with the API's message.
+    missing = loom("show", "999999", code=1)
+    assert "cluster 999999 not found" in missing.stderr
+    unknown = loom("create", "web2", "--template", "nope", "--size", "1", code=1)
+    assert "nope" in unknown.stderr
+
+    # Catalog round trip.
+    exported = tmp_path / "catalog.json"
+    assert "exported" in loom("catalog", "export", str(exported)).stdout
+    assert "fleet" in [item["name"] for item in json.loads(exported.read_text())["clustertemplates"]]
+    imported = loom.json("catalog", "import", str(exported))
+    assert not any(imported["created"].values()) and not any(imported["deleted"].values())
+    assert "fleet" in imported["unchanged"]["clustertemplates"]
+
+    # After the run: /metrics shows the series, the usage API counts the machines' time.
+    settings.LOOM_METRICS_TOKEN = "metrics-token-for-tests"
+    request = urllib.request.Request(server["url"] + "/metrics",
+                                     headers={"Authorization": "Bearer metrics-token-for-tests"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    for series in ('loom_jobs{operation="scale_out",status="completed"} 1', 'loom_task_attempts_total{outcome="succeeded"}',
+                   'loom_task_duration_seconds_bucket{action="create",provider="fakecloud",le="+Inf"}',
+                   'loom_jobs{operation="create",status="failed"} 1', "loom_queue_depth", "loom_tasks{"):  # fmt: skip
+        assert series in text, series
+    usage = urllib.request.Request(server["url"] + "/api/v2/usage/nodes?groupby=hour&start=" + str(int(time.time()) - 3600),
+                                   headers={"Authorization": f"Bearer {server['token']}"})  # fmt: skip
+    with urllib.request.urlopen(usage, timeout=30) as response:
+        body = json.loads(response.read())
+    assert body["total"] > 0 and body["clusters"][0]["name"] == "web"
+
+
+def test_usage_errors_exit_2_and_nothing_is_sent(loom, tmp_path):
+    assert "required" in loom("create", "x", "--template", "t", code=2).stderr
+    assert "not logged in" in loom("clusters", code=2).stderr
+    loom.env.update(LOOM_URL="http://127.0.0.1:9", LOOM_TOKEN="loom_x_y")
+    assert "is not valid JSON" in loom("reconfigure", "1", "--config", str(Path(__file__)), code=2).stderr
+    assert "give a COUNT or --nodes" in loom("scale-in", "1", code=2).stderr
+    unreachable = loom("clusters", code=1)
+    assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
