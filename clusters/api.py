@@ -30,7 +30,7 @@ from typing import Any
 
 import django_filters
 from django.db import IntegrityError, transaction
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, Prefetch, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -47,7 +47,7 @@ from tenants.errors import ApplicationError, NotFound
 from .leases import cluster_lease
 from .models import Cluster, IdempotencyRecord, Job, Task, TaskAttempt
 from .planner import Action
-from .selectors import cluster_get, clusters_for, job_progress
+from .selectors import cluster_get, clusters_for, job_progress, latest_jobs
 from .serializers import (
     ClusterCreateInputSerializer,
     ClusterDetailSerializer,
@@ -191,13 +191,6 @@ class TaskFilter(django_filters.FilterSet):
 # --- clusters ------------------------------------------------------------------------------------------------
 
 
-def _latest_jobs(cluster_pks: list[int]) -> dict[int, Job]:
-    """The latest job of each cluster, in one query."""
-    latest = Job.objects.filter(cluster_id=OuterRef("cluster_id")).order_by("-pk").values("pk")[:1]
-    jobs = Job.objects.filter(cluster_id__in=cluster_pks, pk=Subquery(latest)).select_related("requested_by")
-    return {job.cluster_id: job for job in jobs}
-
-
 class OperationMixin:
     """Builds the 202 answer of an operation: the cluster as it is now and the job, ``Location`` = job URL."""
 
@@ -205,7 +198,7 @@ class OperationMixin:
     get_serializer_context: Callable[[], dict[str, Any]]
 
     def cluster_detail(self, cluster: Cluster) -> dict[str, Any]:
-        jobs = _latest_jobs([cluster.pk])
+        jobs = latest_jobs([cluster.pk])
         nodes = list(cluster.nodes.all()[:NODE_LIST_LIMIT])
         context = {
             **self.get_serializer_context(),
@@ -273,7 +266,7 @@ class ClusterViewSet(OperationMixin, TenantScopedMixin, viewsets.GenericViewSet)
 
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        jobs = _latest_jobs([cluster.pk for cluster in page])
+        jobs = latest_jobs([cluster.pk for cluster in page])
         context = {
             **self.get_serializer_context(),
             "latest_jobs": jobs,

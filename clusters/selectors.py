@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Max, Min, QuerySet
+from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery
 
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import Tenant
 
 from . import engine
-from .models import Cluster, Task
+from .models import Cluster, Job, Task
 from .planner import Action
 
 # --- who may see and act on a cluster ------------------------------------------------------------------------
@@ -107,3 +107,10 @@ def job_progress(job_ids: Iterable[int]) -> dict[int, JobProgress]:
             stages=max((row["high"] + 1 for row in job_rows), default=0),
         )
     return progress
+
+
+def latest_jobs(cluster_pks: list[int]) -> dict[int, Job]:
+    """The latest job of each cluster, in one query."""
+    latest = Job.objects.filter(cluster_id=OuterRef("cluster_id")).order_by("-pk").values("pk")[:1]
+    jobs = Job.objects.filter(cluster_id__in=cluster_pks, pk=Subquery(latest)).select_related("requested_by")
+    return {job.cluster_id: job for job in jobs}

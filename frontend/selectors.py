@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Prefetch, QuerySet
 
 from clusters.leases import Lease, cluster_lease
 from clusters.macros import MacroContext, MacroError, expand_string
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from clusters.planner import Action
-from clusters.selectors import JobProgress, clusters_for, job_progress
+from clusters.selectors import JobProgress, clusters_for, job_progress, latest_jobs
 from clusters.services.lifecycle import ACTIVE_JOB_STATUSES
 from clusters.services.preview import PreviewRequest, cluster_preview
 from clusters.specs import NodeSpec
@@ -166,13 +166,6 @@ class ClusterRow:
     cluster: Cluster
     job: Job | None
     progress: JobProgress | None
-
-
-def latest_jobs(cluster_pks: list[int]) -> dict[int, Job]:
-    """The latest job of each cluster, in one query."""
-    latest = Job.objects.filter(cluster_id=OuterRef("cluster_id")).order_by("-pk").values("pk")[:1]
-    jobs = Job.objects.filter(cluster_id__in=cluster_pks, pk=Subquery(latest)).select_related("requested_by")
-    return {job.cluster_id: job for job in jobs}
 
 
 def cluster_rows(*, user: Any, tenant: Tenant, filters: dict[str, str], page: int) -> tuple[Page, list[ClusterRow]]:
