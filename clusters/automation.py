@@ -4,7 +4,12 @@ For one task the runner calls ``service_action_over_ssh``: it opens one SSH sess
 user, credentials reference and pinned host key as the node records them), builds the automator's
 ``ActionRequest`` (expanded config and fields, the node and its peers, the plugin's live resources) and
 runs the automator. Output lines are collected for the task attempt's log as they arrive (redacted by the
-SSH layer). The first successful connection records the node's host key; every later one must match it.
+SSH layer). The first successful connection records the node's host key; every later one must match it,
+or the action fails with ``HostKeyMismatch`` (terminal: a changed key is never trusted silently).
+
+Every command of the action is bounded by the task's own timeout (``administration.tasktimeout``) and
+killed on the node when it passes, so a task the janitor times out does not keep running there while its
+retry starts a second copy.
 
 ``bootstrap`` is the BOOTSTRAP action: for a node whose services use an SSH automator it connects once
 (pinning the host key) and prepares ``~/.loom``; nodes running only ``noop`` services need nothing.
@@ -18,14 +23,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from providers.automators.ansible import AnsibleAutomator
 from providers.automators.base import ActionRequest, Automator, NodeInfo
+from providers.automators.chef_solo import ChefSoloAutomator
+from providers.automators.puppet import PuppetAutomator
 from providers.automators.shell import ShellAutomator
 from providers.drivers.base import TerminalError
 from providers.resources import live_resources
 from providers.ssh import Session, open_session
 
 from .engine import log_tail
-from .models import Cluster, Node, TaskAttempt
+from .models import Cluster, Node, Task, TaskAttempt
 from .pins import pinned_service_documents
 
 LIVE_LOG_SECONDS = 1.0
@@ -34,10 +42,11 @@ LIVE_LOG_SECONDS = 1.0
 
 class LiveLog:
     """Collects an action's output lines and, at most every ``LIVE_LOG_SECONDS``, copies the tail to the
-    running attempt, so a page or an API client sees a long install progress instead of silence. The
-    engine writes the full (redacted) log when the task finishes; this only shows it early."""
+    running attempt of task ``task_pk`` (if any), so a page or an API client sees a long install progress
+    instead of silence. The engine writes the full (redacted) log when the task finishes; this only shows
+    it early."""
 
-    def __init__(self, task_pk: int) -> None:
+    def __init__(self, task_pk: int | None) -> None:
         self.task_pk = task_pk
         self.lines: list[str] = []
         self._flushed = time.monotonic()
@@ -46,14 +55,19 @@ class LiveLog:
     def __call__(self, line: str) -> None:
         with self._lock:
             self.lines.append(line)
-            if time.monotonic() - self._flushed < LIVE_LOG_SECONDS:
+            if self.task_pk is None or time.monotonic() - self._flushed < LIVE_LOG_SECONDS:
                 return
             self._flushed = time.monotonic()
             text = "\n".join(self.lines)
         TaskAttempt.objects.filter(task_id=self.task_pk, finished_at__isnull=True).update(log_tail=log_tail(text))
 
 
-AUTOMATORS: Mapping[str, Automator] = {"shell": ShellAutomator()}
+AUTOMATORS: Mapping[str, Automator] = {
+    "shell": ShellAutomator(),
+    "ansible": AnsibleAutomator(),
+    "puppet": PuppetAutomator(),
+    "chef-solo": ChefSoloAutomator(),
+}
 """Automator type → implementation; ``noop`` is handled by the runner itself (no SSH)."""
 
 
@@ -67,15 +81,17 @@ def automator_types(cluster: Cluster, node: Node) -> set[str]:
 
 
 @contextmanager
-def node_session(node: Node, log: Callable[[str], None]) -> Iterator[Session]:
-    """A connected session to ``node``; records the host key the first time the node is reached."""
+def node_session(node: Node, log: Callable[[str], None], *, timeout: float | None = None) -> Iterator[Session]:
+    """A connected session to ``node``; records the host key the first time the node is reached.
+    ``timeout`` bounds each command (default: the SSH layer's, the default task timeout)."""
     address = (node.ip_addresses or {}).get("access_v4")
     if not address:
         raise TerminalError(f"node {node.number} has no access_v4 address to connect to")
     if not node.credentials_ref:
         raise TerminalError(f"node {node.number} has no SSH credentials (its provider reported none)")
+    options = {"command_timeout": float(timeout)} if timeout else {}
     session = open_session(address, user=node.ssh_user or "root", credentials_ref=node.credentials_ref,
-                           host_key=node.host_key or None, on_line=log)  # fmt: skip
+                           host_key=node.host_key or None, on_line=log, **options)  # fmt: skip
     with session:
         if session.first_contact and session.host_key:
             Node.objects.filter(pk=node.pk, host_key="").update(host_key=session.host_key)
@@ -102,17 +118,22 @@ def service_action_over_ssh(
     cluster: Cluster,
     node: Node,
     *,
-    task_pk: int,
+    task_pk: int | None,
     service: str,
     action: str,
     automator: str,
     config: Any,
     fields: Any,
 ) -> str:
+    """Run ``action`` of ``service`` on ``node`` with ``automator``, given the config and fields already
+    expanded for the node; returns the output. ``task_pk`` is the task this runs for: its running attempt
+    shows the output as it comes, and its timeout bounds every command (None: no task, e.g. a test or a
+    tool acting directly). Raises the automator's and the SSH layer's ``DriverError`` subclasses."""
     implementation = AUTOMATORS.get(automator)
     if implementation is None:
         raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")
     peers = Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).order_by("number")
+    timeout = Task.objects.filter(pk=task_pk).values_list("timeout_seconds", flat=True).first() if task_pk else None
     live = LiveLog(task_pk)
     request = ActionRequest(
         cluster=cluster.name,
@@ -126,5 +147,5 @@ def service_action_over_ssh(
         resources=live_resources(tenant_id=cluster.tenant_id, plugin_kind="automatortypes", plugin=automator),
         log=live,
     )
-    with node_session(node, live) as session:
+    with node_session(node, live, timeout=timeout) as session:
         return implementation.run(session, request)

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 MACRO_WAIT_SECONDS = 2.0
 """How long a task whose config needs a peer's address waits before trying again."""
 
-# Service actions and the automator types that can carry them out; only ``noop`` exists so far.
+# Service actions: ``noop`` ones run here, every other automator type over SSH (``clusters/automation.py``).
 SERVICE_ACTIONS = frozenset(
     {Action.INSTALL, Action.CONFIGURE, Action.INITIALIZE, Action.START, Action.STOP, Action.REMOVE}
 )
@@ -91,7 +91,10 @@ def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
 def _fail(
     attempt: TaskAttempt, error: Exception, *, retryable: bool, on_ready: OnReady, trace: bool = False
 ) -> list[Ready]:
-    log = f"{type(error).__name__}: {error}\n"
+    # A failed script's whole output belongs in the attempt's log; the error message quotes only its tail.
+    output = getattr(error, "output", None)
+    log = output.rstrip("\n") + "\n" if isinstance(output, str) and output else ""
+    log += f"{type(error).__name__}: {error}\n"
     if trace:
         log += "".join(traceback.format_exception(error))
     return task_finish(

@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from clusters import api as clusters_api
 from clusters import metering_api, webhooks_api
-from providers import resources_api
+from providers import pool_api, resources_api
 from templates_app import api as catalog_api
 from tenants import api as tenants_api
 
@@ -64,8 +64,16 @@ plugin_resource_urls = [
             name="plugin-resource-content"),
 ]  # fmt: skip
 
+# Static host pools: /providers/{name}/hosts[/{id}] (before the router, whose provider routes end at {name}).
+_POOL = r"^providers/(?P<name>[A-Za-z0-9_.-]+)/hosts"
+pool_host_urls = [
+    re_path(_POOL + r"/?$", pool_api.PoolHostListApi.as_view(), name="pool-hosts"),
+    re_path(_POOL + r"/(?P<host_pk>[0-9]{1,18})/?$", pool_api.PoolHostApi.as_view(), name="pool-host"),
+]
+
 urlpatterns = [
     *plugin_resource_urls,
+    *pool_host_urls,
     path("clusters/preview", clusters_api.ClusterPreviewApi.as_view(), name="cluster-preview"),
     path("usage/nodes", metering_api.NodeUsageApi.as_view(), name="usage-nodes"),
     path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),

@@ -19,7 +19,7 @@ from templates_app.admin_fields import Doc, path_rest, schema_form_fields, schem
 from templates_app.admin_forms import CatalogEntityForm
 from templates_app.plugin_types import PluginType, registry
 
-from . import resources_admin  # noqa: F401 - registers the plugin resource admin
+from . import pool_admin, resources_admin  # noqa: F401 - register the pool host and plugin resource admins
 from .models import Provider
 from .secrets import ENCRYPTED
 

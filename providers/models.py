@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from templates_app.models import CatalogEntity, _unique_name
 from tenants.models import TenantModel
@@ -177,3 +178,84 @@ class PluginResource(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.plugin}/{self.resource_type}/{self.name} v{self.version}"
+
+
+class PoolHost(TenantModel):
+    """One existing host (bare metal, or a VM made elsewhere) in the pool of a ``static`` provider.
+
+    An admin registers, edits and retires hosts (``providers.pool``); the ``static`` driver hands free hosts
+    to nodes and takes them back. ``state``:
+
+    * ``free``: in the pool, ready to be handed out.
+    * ``allocated``: a node holds it (``node_key``); ``allocations`` counts hand-outs and is part of the
+      machine id, so a late delete for an earlier allocation can never clean up the current one.
+    * ``cleaning``: its node is gone and the admin's cleanup script is running (since ``cleaning_since``).
+    * ``broken``: out of service (a cleanup failed, see ``last_error``, or the admin took it out); never
+      handed out until an admin returns it to the pool.
+    * ``retired``: removed from the pool; the row stays as the record of what was there.
+
+    ``host_key`` is the host's SSH host key, given at registration or pinned on first contact, and verified
+    on every later connection, so a host that was replaced or tampered with is refused rather than trusted.
+    """
+
+    class State(models.TextChoices):
+        FREE = "free", "Free"
+        ALLOCATED = "allocated", "Allocated"
+        CLEANING = "cleaning", "Cleaning"
+        BROKEN = "broken", "Broken"
+        RETIRED = "retired", "Retired"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="pool_hosts")
+    address = models.CharField(max_length=255, help_text="IP address or DNS name Loom connects to.")
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_user = models.CharField(
+        max_length=64, blank=True, default="", help_text="Login user for this host; empty: the provider's SSH user."
+    )
+    host_key = models.TextField(
+        blank=True, default="", help_text="OpenSSH public host key line; empty: pinned on first contact."
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.FREE)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    node_key = models.CharField(max_length=255, blank=True, default="", help_text="The node holding the host.")
+    machine_name = models.CharField(max_length=255, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    allocations = models.PositiveIntegerField(default=0)
+    allocated_at = models.DateTimeField(null=True, blank=True)
+    cleaning_since = models.DateTimeField(null=True, blank=True)
+    hostname = models.CharField(max_length=255, blank=True, default="", help_text="As the host reported it.")
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider", "pk"]
+        constraints = [
+            # One live registration per endpoint and pool; a retired host may be registered again.
+            models.UniqueConstraint(
+                fields=["provider", "address", "ssh_port"],
+                condition=~models.Q(state="retired"),
+                name="poolhost_unique_endpoint",
+            ),
+            # The other half of idempotent creates: one node never holds two hosts, even when two creates
+            # of it race (the loser's update fails and it finds the winner's host).
+            models.UniqueConstraint(
+                fields=["provider", "node_key"], condition=~models.Q(node_key=""), name="poolhost_unique_node"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(ssh_port__gte=1, ssh_port__lte=65535), name="poolhost_ssh_port_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=["allocated", "cleaning"], node_key__gt="")
+                | (~models.Q(state__in=["allocated", "cleaning"]) & models.Q(node_key="")),
+                name="poolhost_node_key_iff_held",
+            ),
+        ]
+        indexes = [models.Index(fields=["provider", "state"], name="poolhost_provider_state")]
+
+    @property
+    def endpoint(self) -> str:
+        """``address:port`` (IPv6 addresses in brackets), as shown in messages and the audit trail."""
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{address}:{self.ssh_port}"
+
+    def __str__(self) -> str:
+        return self.endpoint

@@ -237,6 +237,7 @@ class Driver(Protocol):
 DRIVERS: dict[str, str] = {
     "fake": "providers.drivers.fake:FakeDriver",
     "local": "providers.drivers.local:LocalDriver",
+    "static": "providers.drivers.static:StaticDriver",
     "aws": "providers.drivers.aws:AwsDriver",
     "openstack": "providers.drivers.openstack:OpenStackDriver",
     "google": "providers.drivers.gce:GoogleDriver",

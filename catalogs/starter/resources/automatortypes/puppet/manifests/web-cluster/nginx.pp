@@ -1,0 +1,3 @@
+# The nginx service of web-cluster-puppet: what class loom_nginx does depends on the action Loom runs
+# ($facts['loom_action']: install, configure, start, stop or remove).
+include loom_nginx
