@@ -90,7 +90,8 @@ def node_session(node: Node, log: Callable[[str], None], *, timeout: float | Non
     if not node.credentials_ref:
         raise TerminalError(f"node {node.number} has no SSH credentials (its provider reported none)")
     options = {"command_timeout": float(timeout)} if timeout else {}
-    session = open_session(address, user=node.ssh_user or "root", credentials_ref=node.credentials_ref,
+    session = open_session(address, user=node.ssh_user or "root", port=node.ssh_port or 22,
+                           credentials_ref=node.credentials_ref,
                            host_key=node.host_key or None, on_line=log, **options)  # fmt: skip
     with session:
         if session.first_contact and session.host_key:

@@ -109,6 +109,7 @@ class Node(models.Model):
     machine_id = models.CharField(max_length=255, blank=True, default="")
     ip_addresses = models.JSONField(default=dict, blank=True)
     ssh_user = models.CharField(max_length=64, blank=True, default="")
+    ssh_port = models.PositiveIntegerField(default=22, help_text="Where the node's sshd listens (pool hosts vary).")
     credentials_ref = models.CharField(max_length=255, blank=True, default="", help_text="A secret reference.")
     host_key = models.TextField(blank=True, default="", help_text="SSH host key pinned at first contact.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED)

@@ -180,6 +180,7 @@ def _confirm(cluster: Cluster, node: Node, *, task_pk: int) -> str:
     updates: dict[str, Any] = {
         "ip_addresses": dict(reachable.ip_addresses),
         "ssh_user": reachable.ssh_user,
+        "ssh_port": reachable.ssh_port,
         "status": Node.Status.ACTIVE,
     }
     if reachable.host_key:
