@@ -16,8 +16,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from clusters.services.preview import PreviewRequest, cluster_preview
+from providers.resources import live_resources
 from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
 from templates_app.kinds import all_kinds
+from templates_app.models import ClusterTemplate
 from templates_app.services import catalog_import
 from tenants.management.commands.loom_demo import DEMO_CATALOG_DIR, demo_catalog_data
 from tenants.models import Membership, Role, Tenant
@@ -111,7 +113,10 @@ def test_rerun_restores_changed_password_and_flags(data_dir: Path) -> None:
 
     admin.refresh_from_db()
     assert admin.check_password(logins["admin"]) and admin.is_superuser
-    assert Membership.objects.get(user=admin).role == Role.ADMIN
+    assert set(Membership.objects.filter(user=admin).values_list("tenant__name", "role")) == {
+        ("demo", Role.ADMIN),
+        ("lab", Role.ADMIN),
+    }
 
 
 @pytest.mark.django_db
@@ -237,3 +242,17 @@ def test_every_demo_entity_is_named_demo_something() -> None:
     ``nginx`` and ``base``) never replaces a demo entity with one the fake provider cannot run."""
     names = [item["name"] for items in read_catalog_dir(DEMO_CATALOG_DIR).values() for item in items]
     assert names and [name for name in names if not name.startswith("demo-")] == []
+
+
+@pytest.mark.django_db
+def test_the_lab_tenant_gets_the_starter_catalog_with_its_scripts_live(data_dir: Path) -> None:
+    """The starter catalog runs on lab hosts (real sshd, real nginx/haproxy/redis): it goes to tenant ``lab``,
+    apart from the sample catalog whose ``base`` and ``haproxy`` are other services, with admin as its admin."""
+    run_demo()
+    run_demo()  # idempotent: nothing uploaded twice
+    lab = Tenant.objects.get(name="lab")
+    assert set(Membership.objects.filter(tenant=lab).values_list("user__username", "role")) == {("admin", Role.ADMIN)}
+    templates = set(ClusterTemplate.objects.filter(tenant=lab).values_list("name", flat=True))
+    assert {"web-cluster", "web-cluster-ansible", "web-cluster-puppet"} <= templates
+    scripts = {r.name for r in live_resources(tenant_id=lab.pk, plugin_kind="automatortypes", plugin="shell")}
+    assert scripts == {"base.sh", "nginx.sh", "haproxy.sh", "redis.sh"}

@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from providers.resources import resources_import_dir
 from templates_app.catalog_files import SAMPLES_DIR, read_catalog_dir
 from templates_app.kinds import all_kinds
 from templates_app.problems import CatalogValidationError, Problem
@@ -36,6 +37,11 @@ from tenants.models import Membership, Role, Tenant
 from tenants.services import tenant_save
 
 TENANT = "demo"
+LAB_TENANT = "lab"
+"""A second tenant holding the starter catalog (catalogs/starter): services that really run, on lab hosts of
+this machine (the ``local`` provider, which needs root). Separate from ``demo`` because the starter's
+``base`` and ``haproxy`` are not the sample catalog's; only ``admin`` belongs to it."""
+STARTER_DIR = Path(settings.BASE_DIR) / "catalogs" / "starter"
 # username -> (password environment variable, superuser?, role in the demo tenant)
 ACCOUNTS = {
     "admin": ("LOOM_DEMO_ADMIN_PASSWORD", True, Role.ADMIN),
@@ -135,6 +141,7 @@ class Command(BaseCommand):
         self.stdout.write(f"sample and demo catalogs imported into tenant {TENANT}: {counts}")
         for kind, names in sorted(result.updated.items()):
             self.stdout.write(f"  restored to the shipped version: {kind} {', '.join(sorted(names))}")
+        self._import_starter(passwords)
         self.stdout.write("Logins:")
         self.stdout.write(f"  admin / {passwords['admin']}   (superuser; admin of tenant {TENANT})")
         self.stdout.write(f"  demo / {passwords['demo']}   (user of tenant {TENANT})")
@@ -142,6 +149,28 @@ class Command(BaseCommand):
             "Try it: create a cluster from template demo-web or demo-hadoop (3-10 nodes); it runs on the simulated"
             " provider demo-cloud and is active in about 20-30 s."
         )
+
+    def _import_starter(self, passwords: dict[str, str]) -> None:
+        """The ``lab`` tenant with the starter catalog and its scripts, ``admin`` as its admin."""
+        with transaction.atomic():
+            lab = Tenant.objects.filter(name=LAB_TENANT).first()
+            if lab is None:
+                description = "Real clusters on lab hosts of this machine (starter catalog; needs root)"
+                lab = tenant_save(actor=None, name=LAB_TENANT, create=True, description=description)
+                self.stdout.write(f"created tenant {LAB_TENANT}")
+            self._ensure_account(lab, "admin", passwords["admin"], superuser=True, role=Role.ADMIN)
+        try:
+            catalog_import(tenant=lab, user=None, data=read_catalog_dir(STARTER_DIR))
+        except CatalogValidationError as error:
+            lines = "\n".join(f"  - {problem}" for problem in error.problems)
+            raise CommandError(f"starter catalog not imported; {len(error.problems)} problem(s):\n{lines}") from error
+        report = resources_import_dir(tenant=lab, user=None, directory=STARTER_DIR / "resources")
+        self.stdout.write(
+            f"starter catalog imported into tenant {LAB_TENANT} ({len(report['uploaded'])} resource(s) uploaded, "
+            f"{len(report['unchanged'])} unchanged)"
+        )
+        if os.geteuid() != 0:
+            self.stdout.write("  (the lab provider makes network namespaces: its clusters need Loom to run as root)")
 
     def _ensure_account(self, tenant: Tenant, username: str, password: str, *, superuser: bool, role: str) -> None:
         user, created = get_user_model().objects.get_or_create(username=username)
