@@ -60,6 +60,9 @@ class Cluster(TenantModel):
         default=dict, blank=True, help_text="The catalog version of every service, pinned at create: name → version."
     )
     config = models.JSONField(default=dict, blank=True)
+    provider_fields = models.JSONField(
+        default=dict, blank=True, help_text="Provider fields the request set (the original's providerFields)."
+    )
     dns_suffix = models.CharField(max_length=255, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_message = models.TextField(blank=True, default="")

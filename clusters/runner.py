@@ -140,7 +140,8 @@ def cluster_driver(cluster: Cluster) -> Driver:
     """The driver for the cluster's provider, configured from the provider version the cluster pinned.
 
     Identity (``provider_key``, hence which machines the driver sees) is the live provider row's, so the
-    reaper and the cluster talk about the same machines; fields come from the pinned version.
+    reaper and the cluster talk about the same machines; fields come from the pinned version, overlaid with
+    the provider fields the create request set.
     """
     provider = Provider.objects.filter(tenant_id=cluster.tenant_id, name=cluster.provider_name).first()
     if provider is None:
@@ -150,7 +151,7 @@ def cluster_driver(cluster: Cluster) -> Driver:
     provider.provider_type = document.get("providertype", provider.provider_type)
     provider.document = document
     provider.secret_data = pinned.secret_data
-    return provider_driver(provider=provider)
+    return provider_driver(provider=provider, user_fields=cluster.provider_fields or None)
 
 
 def machine_spec(cluster: Cluster, node: Node) -> MachineSpec:

@@ -41,6 +41,13 @@ class ClusterPreviewInputSerializer(serializers.Serializer):
     services = serializers.ListField(child=serializers.RegexField(NAME_PATTERN, max_length=255), required=False)
     config = serializers.DictField(required=False, allow_null=True)
     dnsSuffix = serializers.CharField(max_length=191, required=False, allow_null=True, allow_blank=True)
+    providerFields = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text="Provider fields this cluster sets: the provider type's user fields and its admin fields marked "
+        "override (see /api/v2/plugins/providertypes/{type}).",
+    )
 
     def to_request(self) -> PreviewRequest:
         data = self.validated_data
@@ -54,6 +61,7 @@ class ClusterPreviewInputSerializer(serializers.Serializer):
             services=tuple(dict.fromkeys(data.get("services") or ())),
             config=data.get("config"),
             dns_suffix=data.get("dnsSuffix") or None,
+            provider_fields=data.get("providerFields") or None,
         )
 
 
@@ -271,8 +279,8 @@ class ClusterDetailSerializer(ClusterSerializer):
     jobs_url = serializers.HyperlinkedIdentityField(view_name="cluster-jobs")
 
     class Meta(ClusterSerializer.Meta):
-        fields = [*ClusterSerializer.Meta.fields, "dns_suffix", "config", "service_versions", "lease", "node_count",
-                  "nodes", "nodes_url", "jobs_url"]  # fmt: skip
+        fields = [*ClusterSerializer.Meta.fields, "dns_suffix", "config", "provider_fields", "service_versions",
+                  "lease", "node_count", "nodes", "nodes_url", "jobs_url"]  # fmt: skip
         read_only_fields = fields
 
     @extend_schema_field(LeaseSerializer)

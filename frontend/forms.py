@@ -45,7 +45,11 @@ def add_service_error(form: forms.BaseForm, error: ApplicationError) -> None:
     no field of the form becomes a message at the top of it."""
     placed = False
     for key, problems in error.fields.items():
-        field = "config" if key.startswith("config") else key if key in form.fields else FIELD_NAMES.get(key, key)
+        field = (
+            "config" if key.startswith("config")
+            else "provider_fields" if key.startswith("providerFields")
+            else key if key in form.fields else FIELD_NAMES.get(key, key)
+        )  # fmt: skip
         if field in form.fields:
             for problem in problems if isinstance(problems, list) else [problems]:
                 form.add_error(field, f"{problem}" if key == field or key in FIELD_NAMES else f"{key}: {problem}")
@@ -96,6 +100,11 @@ class ClusterCreateForm(forms.Form):
     )  # fmt: skip
     dns_suffix = forms.CharField(label="DNS suffix", max_length=191, required=False)
     config = JSONObjectField(required=False, help_text="A JSON object; empty: the template's default config.")
+    provider_fields = JSONObjectField(
+        label="Provider fields", required=False,
+        help_text='Fields of the provider this cluster sets, as a JSON object, e.g. {"availability_zone": '
+        '"us-east-1b"}: the provider type\'s user fields and the ones its admin lets users override.',
+    )  # fmt: skip
 
     def __init__(self, *args: Any, names: dict[str, list[str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,6 +129,7 @@ class ClusterCreateForm(forms.Form):
             services=tuple(data.get("services") or ()),
             config=data.get("config"),
             dns_suffix=data.get("dns_suffix") or None,
+            provider_fields=data.get("provider_fields") or None,
         )
 
     def lease_ms(self) -> int | None:

@@ -180,6 +180,7 @@ def cluster_create(
                     size=len(preview.nodes),
                     services=preview.services,
                     service_versions=current_service_versions(tenant.pk, preview.services),
+                    provider_fields=preview.provider_fields,
                     config=config,
                     dns_suffix=dns_suffix,
                     expires_at=lease_end(now, lease) if lease else None,

@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from templates_app.models import ClusterTemplate
+from templates_app.plugin_types import FieldSchema, registry
 from templates_app.services import catalog_view
 from templates_app.validation import resolve_template
 from tenants.errors import ApplicationError, NotFound
@@ -45,6 +46,7 @@ class PreviewRequest:
     services: tuple[str, ...] = ()
     config: dict[str, Any] | None = None
     dns_suffix: str | None = None
+    provider_fields: dict[str, Any] | None = None
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Preview:
     flavors: dict[str, str]
     images: dict[str, tuple[str, str]]
     warnings: list[str] = field(default_factory=list)
+    provider_fields: dict[str, Any] = field(default_factory=dict)
 
     def hourly_cost(self) -> tuple[float | None, list[str]]:
         """Total hourly cost, or None with the hardware types whose cost the provider map lacks."""
@@ -179,6 +182,7 @@ def cluster_preview(*, user: Any, tenant: Tenant, request: PreviewRequest) -> Pr
         raise ApplicationError("no provider given and the template names none", fields={"provider": ["required"]})
     if provider not in view["providers"]:
         raise NotFound(f"provider {provider} not found")
+    provider_fields = check_provider_fields(view["providers"][provider], request.provider_fields or {})
     hardware, images = provider_options(provider, view["hardwaretypes"].values(), view["imagetypes"].values())
     services = {name: service_spec(doc) for name, doc in view["services"].items()}
     layout_request = LayoutRequest(
@@ -225,7 +229,37 @@ def cluster_preview(*, user: Any, tenant: Tenant, request: PreviewRequest) -> Pr
         hardware=by_name,
         flavors={h.name: h.flavor for h in hardware},
         images={i.name: (i.image, i.ssh_user) for i in images},
+        provider_fields=provider_fields,
     )
+
+
+def user_provider_fields(provider_document: dict[str, Any]) -> dict[str, FieldSchema]:
+    """The fields a cluster request may set for this provider: its type's user fields and the admin fields
+    marked ``override`` (the original's ``providerFields``). Secrets are never among them: they are the
+    admin's, stored encrypted on the provider."""
+    plugin = registry.get("provider", str(provider_document.get("providertype", "")))
+    if plugin is None:
+        return {}
+    fields = {name: schema for name, schema in plugin.admin.fields.items() if schema.override}
+    fields.update(plugin.user.fields)
+    return {name: schema for name, schema in fields.items() if not schema.sensitive}
+
+
+def check_provider_fields(provider_document: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` checked against ``user_provider_fields``; ApplicationError naming every bad field."""
+    allowed = user_provider_fields(provider_document)
+    problems: dict[str, list[str]] = {}
+    for name, value in values.items():
+        schema = allowed.get(name)
+        if schema is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            problems[f"providerFields.{name}"] = [f"not a field a cluster request may set (it may set: {known})"]
+        elif (problem := schema.check_value(value)) is not None:
+            problems[f"providerFields.{name}"] = [problem]
+    if problems:
+        first, messages = next(iter(problems.items()))
+        raise ApplicationError(f"{first}: {messages[0]}", fields=problems)
+    return {name: value for name, value in values.items() if value not in (None, "")}
 
 
 def role_key(node: NodeSpec) -> tuple[str, str, frozenset[str]]:

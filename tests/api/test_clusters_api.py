@@ -39,7 +39,7 @@ DAY_MS = 86_400_000
 
 CLUSTER_FIELDS = {"id", "url", "name", "description", "owner", "status", "status_message", "template", "provider",
                   "size", "services", "created_at", "expires_at", "latest_job"}  # fmt: skip
-DETAIL_FIELDS = CLUSTER_FIELDS | {"dns_suffix", "config", "service_versions", "lease", "node_count", "nodes",
+DETAIL_FIELDS = CLUSTER_FIELDS | {"dns_suffix", "config", "provider_fields", "service_versions", "lease", "node_count", "nodes",
                                   "nodes_url", "jobs_url"}  # fmt: skip
 JOB_FIELDS = {"id", "url", "cluster", "operation", "status", "message", "requested_by", "created_at", "started_at",
               "finished_at", "max_attempts", "task_timeout_seconds", "progress", "tasks_url"}  # fmt: skip

@@ -123,6 +123,7 @@ def test_create_preview_shows_layout_plan_and_cost_and_creates_nothing(stack, us
         ({"size": "1"}, "form", "no layout satisfies"),
         ({"size": "0"}, "size", "greater than or equal to 1"),
         ({"hardwaretype": "huge"}, "hardwaretype", "not one of the available choices"),
+        ({"provider_fields": '{"zone": "b"}'}, "provider_fields", "not a field a cluster request may set"),
     ],
 )
 def test_create_errors_are_shown_in_plain_words_next_to_the_field(stack, user_a, data, field, message):
