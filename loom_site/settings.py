@@ -139,6 +139,11 @@ LOGIN_REDIRECT_URL = "/"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = env.bool("LOOM_SECURE_COOKIES", default=False)
+# Behind a reverse proxy that terminates HTTPS (deploy/nginx.conf), trust its X-Forwarded-Proto header so
+# Django knows the request was secure (secure cookies, absolute URLs, CSRF origin checks). Only set it when
+# such a proxy always sets the header: a client could otherwise claim HTTPS itself.
+if env.bool("LOOM_BEHIND_HTTPS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 REST_FRAMEWORK = {

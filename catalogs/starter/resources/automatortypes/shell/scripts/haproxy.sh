@@ -45,7 +45,7 @@ case "$1" in
             n=0
             for address in $backends; do
                 n=$((n + 1))
-                printf '    server web%s %s:%s check inter 1s\n' "$n" "$address" "$backend_port"
+                printf '    server web%s %s:%s check inter 1s rise 1\n' "$n" "$address" "$backend_port"
             done
         } >"$conf.new"
         haproxy -c -q -f "$conf.new"
