@@ -333,6 +333,10 @@ def run(bench: Bench, *, size: int, processes: int = 1) -> int:
         for name, timings in SERVICES.items()
     )
     exact = "exactly" if lower == threads else f"at least {lower}, at most"
+    workers_text = (
+        f"1 worker process with {threads} threads" if processes == 1
+        else f"{processes} worker processes sharing {threads} threads"
+    )  # fmt: skip
     print(
         f"makespan: a {size}-node create ({roles}): {plan.real_task_count} tasks and "
         f"{len(plan.tasks) - plan.real_task_count} join points, {len(plan.edges)} edges, {plan.stages} stages"
@@ -340,7 +344,7 @@ def run(bench: Bench, *, size: int, processes: int = 1) -> int:
     print(f"fake provider: boot {BOOT_MS} ± {BOOT_JITTER_MS} ms (gamma, seeded per node), calls {CALL_LATENCY} ms")
     print(f"noop actions (ms, normal, per node): {actions}")
     print(
-        f"capacity: {processes} worker process(es) sharing {threads} threads; the DAG is {exact} {threads} wide "
+        f"capacity: {workers_text}; the DAG is {exact} {threads} wide "
         f"({lower} independent tasks, a cover of {threads} chains); tenant worker budget unlimited (workers=0). "
         "Capacity never holds a ready task back: what is measured is scheduling."
     )
