@@ -34,13 +34,11 @@ from django.utils.html import format_html, format_html_join
 from providers.secrets import redact
 from tenants.admin_mixins import (
     ReadOnlyAdminMixin,
-    RestrictedAdminMixin,
     ServiceBackedAdminMixin,
     ServiceFormMixin,
+    TenantAdminScopeMixin,
     TenantListFilter,
-    admin_tenant_pks,
     guard_action,
-    is_platform_admin,
     limit_tenant_field,
 )
 from tenants.errors import ApplicationError
@@ -83,32 +81,6 @@ def tenant_filter(path: str) -> type[TenantListFilter]:
             return queryset
 
     return Filter
-
-
-class TenantAdminScopeMixin(RestrictedAdminMixin):
-    """Superusers see every row; tenant admins the rows of the tenants they administer; nobody else any.
-
-    Members are left out on purpose: the engine's rows and the webhook log describe every cluster of the
-    tenant, not only a member's own. ``tenant_path`` is how the model reaches its tenant.
-    """
-
-    tenant_path: ClassVar[str] = "tenant"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        rows: QuerySet = super().get_queryset(request)  # type: ignore[misc]
-        if is_platform_admin(request):
-            return rows
-        return rows.filter(**{f"{self.tenant_path}__in": admin_tenant_pks(request)})
-
-    def manages(self, request: HttpRequest) -> bool:
-        return is_platform_admin(request) or bool(admin_tenant_pks(request))
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self.manages(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # An object outside the queryset never gets here: get_object answers 404 first.
-        return self.manages(request)
 
 
 class ReadOnlyInline(admin.TabularInline):

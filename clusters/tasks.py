@@ -53,13 +53,11 @@ def task_run_task(self: object, task_pk: int) -> None:
     hostname = getattr(getattr(self, "request", None), "hostname", None) or "local"
     worker = f"{hostname}/{threading.current_thread().name}"
     next_pk: int | None = task_pk
-    for step in range(MAX_CONTINUATIONS + 1):
-        assert next_pk is not None
+    step = 0
+    while next_pk is not None:
         continuation = _Continuation(keep=step < MAX_CONTINUATIONS)
         task_run(task_pk=next_pk, worker=worker, on_ready=continuation)
-        next_pk = continuation.kept
-        if next_pk is None:
-            return
+        next_pk, step = continuation.kept, step + 1
 
 
 @shared_task(ignore_result=True)

@@ -14,11 +14,10 @@ from django.http import HttpRequest
 from tenants.admin_mixins import (
     ServiceBackedAdminMixin,
     ServiceFormMixin,
+    TenantAdminScopeMixin,
     TenantListFilter,
     TenantRestrictedAdminMixin,
-    admin_tenant_pks,
     administered_tenants,
-    is_platform_admin,
 )
 
 from . import pool
@@ -57,23 +56,8 @@ class PoolHostForm(ServiceFormMixin, forms.ModelForm):
         return pool.pool_host_update(actor=self.request.user, host=self.instance, changes=changes)
 
 
-class TenantAdminsOnlyMixin:
-    """Visible to the admins of the object's tenant (and superusers) only, not to every member: a pool's
-    addresses and users are the tenant's infrastructure, not its catalog."""
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset: QuerySet = super().get_queryset(request)  # type: ignore[misc]
-        return queryset if is_platform_admin(request) else queryset.filter(tenant_id__in=admin_tenant_pks(request))
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_platform_admin(request):
-            return True
-        admins = admin_tenant_pks(request)
-        return bool(admins) if obj is None else obj.tenant_id in admins
-
-
 @admin.register(PoolHost)
-class PoolHostAdmin(TenantAdminsOnlyMixin, TenantRestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmin):
+class PoolHostAdmin(TenantAdminScopeMixin, TenantRestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmin):
     form = PoolHostForm
     list_display = ("endpoint", "provider", "state", "node_key", "allocated_at", "hostname", "short_error", "tenant")
     list_filter = (TenantListFilter, "state")

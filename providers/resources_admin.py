@@ -14,9 +14,8 @@ from templates_app.plugin_types import registry
 from tenants.admin_mixins import (
     ServiceBackedAdminMixin,
     ServiceFormMixin,
+    TenantAdminScopeMixin,
     TenantRestrictedAdminMixin,
-    admin_tenant_pks,
-    is_platform_admin,
     limit_tenant_field,
 )
 from tenants.models import Tenant
@@ -70,7 +69,7 @@ def _key(resource: PluginResource) -> ResourceKey:
 
 
 @admin.register(PluginResource)
-class PluginResourceAdmin(TenantRestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmin):
+class PluginResourceAdmin(TenantAdminScopeMixin, TenantRestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmin):
     form = PluginResourceUploadForm
     list_display = ("name", "version", "status", "plugin", "resource_type", "size", "tenant", "created_at")
     list_filter = ("plugin_kind", "plugin", "resource_type", "live", "slated")
@@ -78,16 +77,6 @@ class PluginResourceAdmin(TenantRestrictedAdminMixin, ServiceBackedAdminMixin, a
     readonly_fields = ("tenant", "plugin_kind", "plugin", "resource_type", "name", "version", "status", "size",
                        "sha256", "created_by", "created_at")  # fmt: skip
     actions = ["stage", "recall", "activate"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset = super().get_queryset(request)
-        return queryset if is_platform_admin(request) else queryset.filter(tenant_id__in=admin_tenant_pks(request))
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_platform_admin(request):
-            return True
-        admins = admin_tenant_pks(request)
-        return bool(admins) if obj is None else obj.tenant_id in admins
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and self.has_view_permission(request)  # versions are immutable; actions change status

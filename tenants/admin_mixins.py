@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -128,6 +128,34 @@ class RestrictedAdminMixin:
         if obj is None:
             raise Http404("no such object")
         return obj
+
+
+class TenantAdminScopeMixin(RestrictedAdminMixin):
+    """Superusers see every row; tenant admins the rows of the tenants they administer; nobody else any.
+
+    For what is the tenant's infrastructure rather than its catalog: the engine's rows and the webhook log
+    (they describe every cluster of the tenant, not only a member's own), plugin resources (keys, scripts),
+    host pools. ``tenant_path`` is how the model reaches its tenant. Put it before
+    ``TenantRestrictedAdminMixin`` where members' grants still decide change and delete.
+    """
+
+    tenant_path: ClassVar[str] = "tenant"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        rows: QuerySet = super().get_queryset(request)  # type: ignore[misc]
+        if is_platform_admin(request):
+            return rows
+        return rows.filter(**{f"{self.tenant_path}__in": admin_tenant_pks(request)})
+
+    def manages(self, request: HttpRequest) -> bool:
+        return is_platform_admin(request) or bool(admin_tenant_pks(request))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.manages(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # An object outside the queryset never gets here: get_object answers 404 first.
+        return self.manages(request)
 
 
 class TenantRestrictedAdminMixin(RestrictedAdminMixin):

@@ -29,7 +29,7 @@ from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from clusters.planner import Action, Operation, plan
 from clusters.services.preview import PreviewRequest, cluster_preview
 from clusters.specs import NodeSpec
-from clusters.state import IllegalTransition, transition, transition_many
+from clusters.state import IllegalTransition, allowed_from, transition, transition_many
 from providers.secrets import register_secrets
 from tenants.errors import Conflict
 
@@ -310,3 +310,10 @@ def test_finish_redacts_known_secrets_in_the_log(lamp):
     task_finish(attempt=attempt, outcome=OK, log="password=hunter2-secret", on_ready=lambda ready: None)
     attempt.refresh_from_db()
     assert "hunter2-secret" not in attempt.log and "hunter2-secret" not in attempt.log_tail
+
+
+def test_the_moves_the_release_statement_writes_in_sql_are_legal_transitions():
+    """``_decrement_successors`` moves waiting successors to queued (a JOIN to completed) in SQL, for speed;
+    the state machine must allow exactly those moves."""
+    assert Task.Status.WAITING in allowed_from(Task, Task.Status.QUEUED)
+    assert Task.Status.WAITING in allowed_from(Task, Task.Status.COMPLETED)

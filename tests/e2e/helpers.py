@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from clusters.models import Node
+from clusters import automation
+from clusters.models import Cluster, Job, Node
+from clusters.pins import pinned_service_documents
+from clusters.runner import expanded_inputs
+from clusters.services.lifecycle import cluster_delete
 from loom_site.celery import app
 from providers.drivers.local import LocalDriver
+from providers.lab import veth_name
 from providers.models import Provider
 from providers.services import provider_driver
 from providers.ssh import open_session
 from templates_app.catalog_files import read_catalog_dir
 from templates_app.services import catalog_import
 from tenants.models import Tenant
-from tests.lab.fixtures import private_network
+from tests.lab.fixtures import private_network, processes_mentioning
 
 STARTER = Path(__file__).resolve().parents[2] / "catalogs" / "starter"
 LAB_PROVIDER = "lab"
@@ -73,3 +80,69 @@ def links() -> set[str]:
 def _lines(*command: str) -> list[str]:
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return [line.split()[0] for line in output.splitlines() if line.strip()]
+
+
+REQUESTS = 20
+
+
+def fetch_bodies(address: str, port: int, count: int = REQUESTS) -> set[str]:
+    """What the balancer answers to ``count`` requests (one connection each, so round robin spreads them)."""
+    bodies = set()
+    for _ in range(count):
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as response:
+            assert response.status == 200
+            bodies.add(response.read().decode().strip())
+    return bodies
+
+
+def nodes_with(cluster: Cluster, service: str) -> list[Node]:
+    return [node for node in Node.objects.filter(cluster=cluster).order_by("number") if service in node.services]
+
+
+def service_action(cluster: Cluster, node: Node, service: str, action: str) -> str:
+    """Run ``action`` of ``service`` on ``node`` the way the runner does for a task: the pinned service's action,
+    the cluster config and the action's fields expanded for the node, through the automator over SSH."""
+    definition = pinned_service_documents(cluster, [service])[service]["provisioner"]["actions"][action]
+    config, fields = expanded_inputs(cluster, node, cluster.config, definition.get("fields") or {})
+    return automation.service_action_over_ssh(
+        cluster, node, task_pk=None, service=service, action=action, automator=definition["type"],
+        config=config, fields=fields,
+    )  # fmt: skip
+
+
+def reconfigure_service(cluster: Cluster, node: Node, service: str) -> str:
+    return service_action(cluster, node, service, "configure")
+
+
+def service_pids(node: Node) -> dict[int, str]:
+    """The node's running services (nginx master, haproxy, redis) by pid, from their pid files."""
+    listing = node_shell(
+        node, 'cd "$HOME/.loom/services" && for f in */*.pid; do [ -e "$f" ] && echo "$(cat "$f") $f"; done; true'
+    )
+    return {int(pid): path.split("/")[0] for pid, path in (line.split() for line in listing.splitlines())}
+
+
+def delete_leaving_nothing(
+    *, cluster: Cluster, user: object, wait: Callable[[Job], object], running: list[str]
+) -> float:
+    """Check that the active nodes run exactly the services ``running``, delete ``cluster`` (waiting for the
+    job with ``wait``), then check that nothing of any node it ever had is left on this machine: every node
+    deleted, no namespace, veth link or sshd of its machines, no process of those services. Returns the
+    delete's duration in seconds."""
+    every = list(Node.objects.filter(cluster=cluster))
+    services = {pid: name for node in every if node.status == Node.Status.ACTIVE
+                for pid, name in service_pids(node).items()}  # fmt: skip
+    assert sorted(services.values()) == sorted(running)
+    machines = {node.machine_id for node in every}
+    started = time.monotonic()
+    wait(cluster_delete(user=user, cluster=cluster))
+    seconds = time.monotonic() - started
+    cluster.refresh_from_db()
+    assert cluster.status == Cluster.Status.TERMINATED
+    assert set(Node.objects.filter(cluster=cluster).values_list("status", flat=True)) == {Node.Status.DELETED}
+    assert not namespaces() & machines, "namespaces left"
+    assert not links() & {veth_name(name) for name in machines}, "veth links left"
+    assert not [pid for name in machines for pid in processes_mentioning(name)], "sshd processes left"
+    left = [name for pid, name in services.items() if pid in processes_mentioning(f".loom/services/{name}")]
+    assert not left, f"services left running: {left}"
+    return seconds

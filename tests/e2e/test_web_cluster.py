@@ -5,64 +5,29 @@ reaches the web nodes through the automator; and a delete leaves nothing of it o
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 import redis
 
-from clusters import automation
 from clusters.models import Cluster, Node, Task, TaskAttempt
-from clusters.pins import pinned_service_documents
-from clusters.runner import expanded_inputs
-from clusters.services.lifecycle import cluster_create, cluster_delete
+from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
-from providers.lab import veth_name
 from tests.clusters.workers import run_to_completion
-from tests.lab.fixtures import processes_mentioning
 
-from .helpers import links, namespaces, node_shell, wait_for_worker
+from .helpers import (
+    delete_leaving_nothing,
+    fetch_bodies,
+    node_shell,
+    nodes_with,
+    reconfigure_service,
+    service_action,
+    service_pids,
+    wait_for_worker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SIZE = 4
-REQUESTS = 20
-
-
-def fetch_bodies(address: str, port: int, count: int = REQUESTS) -> set[str]:
-    """What the balancer answers to ``count`` requests (one connection each, so round robin spreads them)."""
-    bodies = set()
-    for _ in range(count):
-        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as response:
-            assert response.status == 200
-            bodies.add(response.read().decode().strip())
-    return bodies
-
-
-def nodes_with(cluster: Cluster, service: str) -> list[Node]:
-    return [node for node in Node.objects.filter(cluster=cluster).order_by("number") if service in node.services]
-
-
-def service_action(cluster: Cluster, node: Node, service: str, action: str) -> str:
-    """Run ``action`` of ``service`` on ``node`` the way the runner does for a task: the pinned service's action,
-    the cluster config and the action's fields expanded for the node, through the automator over SSH."""
-    definition = pinned_service_documents(cluster, [service])[service]["provisioner"]["actions"][action]
-    config, fields = expanded_inputs(cluster, node, cluster.config, definition.get("fields") or {})
-    return automation.service_action_over_ssh(
-        cluster, node, task_pk=None, service=service, action=action, automator=definition["type"],
-        config=config, fields=fields,
-    )  # fmt: skip
-
-
-def reconfigure_service(cluster: Cluster, node: Node, service: str) -> str:
-    return service_action(cluster, node, service, "configure")
-
-
-def service_pids(node: Node) -> dict[int, str]:
-    """The node's running services (nginx master, haproxy, redis) by pid, from their pid files."""
-    listing = node_shell(
-        node, 'cd "$HOME/.loom/services" && for f in */*.pid; do [ -e "$f" ] && echo "$(cat "$f") $f"; done; true'
-    )
-    return {int(pid): path.split("/")[0] for pid, path in (line.split() for line in listing.splitlines())}
 
 
 def cache_answers(cluster: Cluster, cache: Node) -> bool:
@@ -138,18 +103,6 @@ def test_a_web_cluster_serves_through_its_balancer_and_leaves_nothing_behind(sta
     assert cache_answers(cluster, cache)
 
     # Delete: the job completes and nothing of the cluster is left on this machine.
-    services = {pid: name for node in nodes for pid, name in service_pids(node).items()}
-    assert sorted(services.values()) == sorted(["haproxy", "redis"] + ["nginx"] * len(web))
-    machines = {node.machine_id for node in nodes}
-    started = time.monotonic()
-    run_to_completion(cluster_delete(user=admin_a, cluster=cluster), workers.log)
-    deleted_in = time.monotonic() - started
-    cluster.refresh_from_db()
-    assert cluster.status == Cluster.Status.TERMINATED
-    assert set(Node.objects.filter(cluster=cluster).values_list("status", flat=True)) == {Node.Status.DELETED}
-    assert not namespaces() & machines, "namespaces left"
-    assert not links() & {veth_name(name) for name in machines}, "veth links left"
-    assert not [pid for name in machines for pid in processes_mentioning(name)], "sshd processes left"
-    left = [name for pid, name in services.items() if pid in processes_mentioning(f".loom/services/{name}")]
-    assert not left, f"services left running: {left}"
+    deleted_in = delete_leaving_nothing(cluster=cluster, user=admin_a, running=["haproxy", "redis"] + ["nginx"] * len(web),
+                                        wait=lambda job: run_to_completion(job, workers.log))  # fmt: skip
     print(f"{SIZE}-node web-cluster: create {created_in:.1f} s, delete {deleted_in:.1f} s")

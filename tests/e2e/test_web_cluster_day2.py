@@ -24,14 +24,17 @@ from clusters.services.day2 import (
     cluster_services_start,
     cluster_services_stop,
 )
-from clusters.services.lifecycle import cluster_create, cluster_delete
+from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
-from providers.lab import veth_name
 from tests.clusters.workers import run_to_completion
-from tests.lab.fixtures import processes_mentioning
 
-from .helpers import links, namespaces, wait_for_worker
-from .test_web_cluster import nodes_with, service_pids
+from .helpers import (
+    delete_leaving_nothing,
+    namespaces,
+    nodes_with,
+    service_pids,
+    wait_for_worker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,21 +179,11 @@ def test_web_cluster_scales_stops_starts_and_reconfigures_on_lab_hosts(starter, 
     seen("reconfigure")
 
     # 6. Delete: nothing of any node the cluster ever had is left on this machine.
-    every = list(Node.objects.filter(cluster=cluster))
-    services = {pid: name for node in every if node.status == Node.Status.ACTIVE
-                for pid, name in service_pids(node).items()}  # fmt: skip
-    assert sorted(services.values()) == sorted(["haproxy", "redis"] + ["nginx"] * len(remaining))
-    machines = {node.machine_id for node in every}
-    assert len(machines) == SIZE + 2
-    started = time.monotonic()
-    run_to_completion(cluster_delete(user=admin_a, cluster=cluster), workers.log)
-    timings["delete"] = time.monotonic() - started
-    cluster.refresh_from_db()
-    assert cluster.status == Cluster.Status.TERMINATED
-    assert set(Node.objects.filter(cluster=cluster).values_list("status", flat=True)) == {Node.Status.DELETED}
-    assert not namespaces() & machines, "namespaces left"
-    assert not links() & {veth_name(name) for name in machines}, "veth links left"
-    assert not [pid for name in machines for pid in processes_mentioning(name)], "sshd processes left"
-    left = [name for pid, name in services.items() if pid in processes_mentioning(f".loom/services/{name}")]
-    assert not left, f"services left running: {left}"
+    assert Node.objects.filter(cluster=cluster).exclude(machine_id="").count() == SIZE + 2
+    timings["delete"] = delete_leaving_nothing(
+        cluster=cluster,
+        user=admin_a,
+        running=["haproxy", "redis"] + ["nginx"] * len(remaining),
+        wait=lambda job: run_to_completion(job, workers.log),
+    )
     print("web-cluster day 2: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))

@@ -14,14 +14,19 @@ import redis
 from django.core.management import call_command
 
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
-from clusters.services.lifecycle import cluster_create, cluster_delete
+from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest, cluster_preview
-from providers.lab import veth_name
 from tests.clusters.workers import WorkerPool, run_to_completion
-from tests.lab.fixtures import processes_mentioning
 
-from .helpers import STARTER, links, namespaces, node_shell, wait_for_worker
-from .test_web_cluster import fetch_bodies, nodes_with, reconfigure_service, service_pids
+from .helpers import (
+    STARTER,
+    delete_leaving_nothing,
+    fetch_bodies,
+    node_shell,
+    nodes_with,
+    reconfigure_service,
+    wait_for_worker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,18 +122,6 @@ def test_the_variant_serves_through_its_balancer_and_leaves_nothing_behind(
     assert bodies == {f"{changed} from {node.hostname}" for node in web}
 
     # Delete: the job completes and nothing of the cluster is left on this machine.
-    services = {pid: name for node in nodes for pid, name in service_pids(node).items()}
-    assert sorted(services.values()) == sorted(["haproxy", "redis"] + ["nginx"] * len(web))
-    machines = {node.machine_id for node in nodes}
-    started = time.monotonic()
-    completed(cluster_delete(user=admin_a, cluster=cluster), workers)
-    deleted_in = time.monotonic() - started
-    cluster.refresh_from_db()
-    assert cluster.status == Cluster.Status.TERMINATED
-    assert set(Node.objects.filter(cluster=cluster).values_list("status", flat=True)) == {Node.Status.DELETED}
-    assert not namespaces() & machines, "namespaces left"
-    assert not links() & {veth_name(name) for name in machines}, "veth links left"
-    assert not [pid for name in machines for pid in processes_mentioning(name)], "sshd processes left"
-    left = [name for pid, name in services.items() if pid in processes_mentioning(f".loom/services/{name}")]
-    assert not left, f"services left running: {left}"
+    deleted_in = delete_leaving_nothing(cluster=cluster, user=admin_a, running=["haproxy", "redis"] + ["nginx"] * len(web),
+                                        wait=lambda job: completed(job, workers))  # fmt: skip
     print(f"{SIZE}-node web-cluster-{tool}: create {created_in:.1f} s, delete {deleted_in:.1f} s")
