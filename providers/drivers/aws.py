@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
+from libcloud.compute.base import Node, NodeDriver
 from libcloud.compute.drivers.ec2 import EC2NetworkSubnet, EC2NodeDriver, EC2NodeLocation, ExEC2AvailabilityZone
 
 from .base import TAG_NODE, MachineSpec, TerminalError
@@ -53,9 +53,7 @@ class AwsDriver(CloudDriver):
     def create_arguments(self, spec: MachineSpec) -> dict[str, Any]:
         client = self.client
         arguments: dict[str, Any] = {
-            "name": spec.name,
-            "size": NodeSize(spec.flavor, spec.flavor, 0, 0, 0, 0, client),
-            "image": NodeImage(spec.image, None, client),
+            **self.named_size_and_image(spec),
             "ex_metadata": self.encode_tags(self.machine_tags(spec)),
             "ex_clienttoken": spec.client_token,
         }

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, TypeVar
 import requests
 from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
-from libcloud.compute.base import Node, NodeDriver
+from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
 import providers.plugin_specs  # noqa: F401  (registers the provider types whose defaults apply here)
@@ -500,6 +500,16 @@ class CloudDriver:
 
     def gone(self, node: Node) -> bool:
         return node.state in GONE_STATES
+
+    def named_size_and_image(self, spec: MachineSpec) -> dict[str, Any]:
+        """``name``, ``size`` and ``image`` for ``create_node``, from the spec's flavor and image ids (no
+        listing of the cloud's sizes and images: a retried create must not cost extra round trips)."""
+        client = self.client
+        return {
+            "name": spec.name,
+            "size": NodeSize(spec.flavor, spec.flavor, 0, 0, 0, 0, client),
+            "image": NodeImage(spec.image, None, client),
+        }
 
     def machine_tags(self, spec: MachineSpec) -> dict[str, str]:
         """Every tag a new machine gets: the provider's extra tags, the spec's tags and ``loom-provider``."""

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, NodeSize
+from libcloud.compute.base import Node, NodeDriver, NodeLocation
 from libcloud.compute.drivers.digitalocean import DigitalOceanNodeDriver
 
 from .base import MachineSpec, TerminalError
@@ -68,10 +68,8 @@ class DigitalOceanDriver(CloudDriver):
         if self.text("ssh_keypair"):
             attributes["ssh_keys"] = [self._key_id(self.text("ssh_keypair"))]
         return {
-            "name": spec.name,
             # The v2 API names sizes by slug (libcloud sends ``size.name``) and images by id or slug.
-            "size": NodeSize(spec.flavor, spec.flavor, 0, 0, 0, 0, client),
-            "image": NodeImage(spec.image, None, client),
+            **self.named_size_and_image(spec),
             "location": NodeLocation(region, region, "", client),
             "ex_create_attr": attributes,
         }

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
+from libcloud.compute.base import Node, NodeDriver
 from libcloud.compute.drivers.openstack import OpenStack_2_NodeDriver, OpenStackNetwork, OpenStackSecurityGroup
 
 from .base import MachineSpec, TerminalError
@@ -74,9 +74,7 @@ class OpenStackDriver(CloudDriver):
         """Security groups, availability zone and user data are user fields: the spec's fields win."""
         client = self.client
         arguments: dict[str, Any] = {
-            "name": spec.name,
-            "size": NodeSize(spec.flavor, spec.flavor, 0, 0, 0, 0, client),
-            "image": NodeImage(spec.image, None, client),
+            **self.named_size_and_image(spec),
             "ex_metadata": self.encode_tags(self.machine_tags(spec)),
         }
         if self.text("ssh_keypair", spec):
