@@ -27,7 +27,8 @@ from clusters.planner import Action
 from templates_app.services import catalog_import
 from tenants.models import AuditEvent, Role, Tenant
 from tests.api.helpers import API, body, error_of, results
-from tests.clusters.test_operations import fails_app_install, fleet_catalog, run_by_hand
+from tests.clusters.engine_helpers import run_by_hand
+from tests.clusters.test_operations import fails_app_install, fleet_catalog
 from tests.clusters.workers import wait_for_job
 from tests.factories import member
 

@@ -14,8 +14,8 @@ from clusters.models import Cluster, Job, Node
 from templates_app.services import catalog_import
 from tenants.models import AuditEvent, Tenant
 from tests.api.helpers import API, body, error_of
-from tests.clusters.test_day2 import active_cluster, stack_catalog
-from tests.clusters.test_operations import run_by_hand
+from tests.clusters.day2_helpers import active_cluster, stack_catalog
+from tests.clusters.engine_helpers import run_by_hand
 
 pytestmark = pytest.mark.django_db
 

@@ -4,12 +4,14 @@ plays a pool of workers (claim a ready task, finish it) in a seeded random order
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
 from clusters.engine import Ready, job_persist_plan, task_claim, task_finish
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from clusters.planner import Plan
+from clusters.runner import task_run
 from clusters.services.preview import PreviewRequest, cluster_preview
 from templates_app.models import CatalogVersion
 from tenants.models import Tenant
@@ -86,3 +88,37 @@ class Driver:
                 error_class, retryable = failure
                 task_finish(attempt=attempt, outcome=FAILED, error_class=error_class, retryable=retryable,
                             on_ready=self.on_ready)  # fmt: skip
+
+
+def run_by_hand(job: Job, *, fail: Callable[[Task], bool] = lambda task: False) -> Job:
+    """Play the workers: claim and finish every queued task (failing those ``fail`` picks, terminally) until
+    none can be claimed (all done, the job failed, or it is paused)."""
+    while True:
+        claimed = False
+        for pk in Task.objects.filter(job=job, status=Task.Status.QUEUED).order_by("key").values_list("pk", flat=True):
+            attempt = task_claim(task_pk=pk, worker="test/1")
+            if attempt is None:
+                continue
+            claimed = True
+            task = Task.objects.get(pk=pk)
+            if fail(task):
+                task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.FAILED, error_class="ScriptError",
+                            retryable=False, log=f"{task.action} failed", on_ready=lambda _: None)  # fmt: skip
+            else:
+                task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=f"{task.action} ok",
+                            on_ready=lambda _: None)  # fmt: skip
+        if not claimed:
+            job.refresh_from_db()
+            return job
+
+
+def drive(job: Job) -> None:
+    """Run a job's tasks in this process, in the order the engine hands them out, sleeping out countdowns."""
+    ready = [Ready(pk) for pk in Task.objects.filter(job=job, status=Task.Status.QUEUED).values_list("pk", flat=True)]
+    while ready:
+        ready.sort(key=lambda item: item.countdown)
+        item = ready.pop(0)
+        if item.countdown:
+            time.sleep(item.countdown)
+            ready = [Ready(r.task_pk, max(0.0, r.countdown - item.countdown)) for r in ready]
+        ready += task_run(task_pk=item.task_pk, worker="test/1", on_ready=lambda _: None)

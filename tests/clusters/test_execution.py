@@ -26,6 +26,7 @@ from providers.services import provider_key
 from templates_app.services import catalog_import
 from tenants.errors import Conflict
 
+from .engine_helpers import drive
 from .workers import catalog, machines, run_to_completion
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,18 +79,6 @@ def test_a_20_node_cluster_is_created_and_deleted_by_real_workers(worker, tenant
 
 
 # --- the same pieces in-process, without a broker --------------------------------------------------------------
-
-
-def drive(job: Job) -> None:
-    """Run a job's tasks in this process, in the order the engine hands them out, sleeping out countdowns."""
-    ready = [Ready(pk) for pk in Task.objects.filter(job=job, status=Task.Status.QUEUED).values_list("pk", flat=True)]
-    while ready:
-        ready.sort(key=lambda item: item.countdown)
-        item = ready.pop(0)
-        if item.countdown:
-            time.sleep(item.countdown)
-            ready = [Ready(r.task_pk, max(0.0, r.countdown - item.countdown)) for r in ready]
-        ready += task_run(task_pk=item.task_pk, worker="test/1", on_ready=lambda _: None)
 
 
 @pytest.mark.django_db

@@ -23,7 +23,8 @@ from templates_app.services import catalog_entity_save, catalog_import
 from tenants.errors import ApplicationError, Conflict
 from tenants.models import AuditEvent, Tenant
 
-from .test_operations import create, fleet_catalog, run_by_hand
+from .engine_helpers import run_by_hand
+from .test_operations import create, fleet_catalog
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

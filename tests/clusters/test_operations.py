@@ -8,13 +8,11 @@ to the broker on commit stays queued in the database for the test to run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from guardian.shortcuts import assign_perm
 
-from clusters.engine import task_claim, task_finish
 from clusters.hooks import JobRequest, JobVetoed, _hooks
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
 from clusters.planner import Action
@@ -27,6 +25,7 @@ from tenants.errors import Conflict, NotFound, PermissionDenied
 from tenants.models import AuditEvent, Role, Tenant
 from tests.factories import member
 
+from .engine_helpers import run_by_hand
 from .workers import catalog
 
 pytestmark = pytest.mark.django_db
@@ -47,28 +46,6 @@ def fleet_catalog(*, lease: dict[str, Any] | None = None) -> dict[str, list[Any]
 
 def create(user: Any, tenant: Tenant, name: str = "c1", size: int = 2, template: str = "fleet", **kwargs: Any):
     return cluster_create(user=user, tenant=tenant, request=PreviewRequest(name, template, size), **kwargs)
-
-
-def run_by_hand(job: Job, *, fail: Callable[[Task], bool] = lambda task: False) -> Job:
-    """Play the workers: claim and finish every queued task (failing those ``fail`` picks, terminally) until
-    none can be claimed (all done, the job failed, or it is paused)."""
-    while True:
-        claimed = False
-        for pk in Task.objects.filter(job=job, status=Task.Status.QUEUED).order_by("key").values_list("pk", flat=True):
-            attempt = task_claim(task_pk=pk, worker="test/1")
-            if attempt is None:
-                continue
-            claimed = True
-            task = Task.objects.get(pk=pk)
-            if fail(task):
-                task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.FAILED, error_class="ScriptError",
-                            retryable=False, log=f"{task.action} failed", on_ready=lambda _: None)  # fmt: skip
-            else:
-                task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=f"{task.action} ok",
-                            on_ready=lambda _: None)  # fmt: skip
-        if not claimed:
-            job.refresh_from_db()
-            return job
 
 
 def fails_app_install(task: Task) -> bool:

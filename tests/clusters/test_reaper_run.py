@@ -17,7 +17,7 @@ from providers.models import Provider
 from providers.services import provider_driver
 from templates_app.services import catalog_import
 
-from .test_execution import drive
+from .engine_helpers import drive
 from .workers import catalog, machines
 
 pytestmark = pytest.mark.django_db

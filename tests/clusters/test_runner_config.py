@@ -13,7 +13,7 @@ from clusters.services.preview import PreviewRequest
 from providers.drivers import TerminalError
 from templates_app.services import catalog_import
 
-from .test_execution import drive
+from .engine_helpers import drive
 from .workers import catalog
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,7 @@ import pytest
 
 from templates_app.services import catalog_import
 from tenants.models import Tenant
-from tests.clusters.test_day2 import stack_catalog
+from tests.clusters.day2_helpers import stack_catalog
 from tests.clusters.workers import catalog
 
 CHROMIUM = os.environ.get("LOOM_CHROMIUM", "/usr/bin/chromium")

@@ -14,7 +14,7 @@ from clusters.models import Cluster, Job, Node
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
 from tenants.models import ApiToken, AuditEvent, Role
-from tests.clusters.test_day2 import active_cluster
+from tests.clusters.day2_helpers import active_cluster
 from tests.factories import member
 
 pytestmark = pytest.mark.django_db
