@@ -7,6 +7,7 @@ broker so what the test starts is published there. Nothing is eager.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from django.db import connection
 
 from bench import workers as bench_workers
 from clusters.engine import job_retry
-from clusters.models import Cluster, Job, Task
+from clusters.models import Cluster, Job, Task, TaskAttempt
 from clusters.tasks import enqueue
 from loom_site.celery import app
 from providers.models import FakeMachine, Provider
@@ -84,28 +85,48 @@ class WorkerPool:
             "LOOM_LOG_LEVEL": "WARNING",
             **(env or {}),
         }
-        name = f"test-{os.getpid()}-{len(self.processes)}@%h"
+        application = _application(len(self.processes))
+        name = f"{application}@%h"
+        # Its database sessions carry its name, so ``kill`` can tell when the last of them has ended.
+        environment["LOOM_WORKER_DATABASE_URL"] += f"?application_name={application}"
         schedule = self.log.parent / f"beat-{len(self.processes)}" if beat else None
         command = bench_workers.worker_command(name=name, concurrency=concurrency, beat_schedule=schedule)
         with self.log.open("a") as output:
-            process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
+            # A session of its own, so the worker and what it forks (the embedded beat is a child process)
+            # can be signalled as one group: a kill -9 of the worker alone left its beat running after the
+            # test, publishing janitor tasks into a broker database another test would claim next.
+            process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
         self.processes.append(process)
         return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
-        """``kill -9``: no shutdown, no acknowledgements, no last heartbeat."""
-        process.send_signal(signal.SIGKILL)
+        """``kill -9`` of the worker and its children: no shutdown, no acknowledgements, no last heartbeat.
+
+        Returns once the dead worker's database sessions have ended too. A statement it sent just before it
+        died still runs to its end on the server, and in autocommit it commits: a successful finish completes
+        its task and claims the next one for the dead worker. Reading the tasks before that commit would see
+        the old task still running and miss the claimed one."""
+        _signal_group(process, signal.SIGKILL)
         process.wait()
+        application = _application(self.processes.index(process))
+        deadline = time.monotonic() + 30
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application])
+                if not cursor.fetchone()[0]:
+                    return
+                assert time.monotonic() < deadline, f"the killed worker's database sessions never ended ({application})"
+                time.sleep(0.02)
 
     def close(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
+            _signal_group(process, signal.SIGTERM)  # also a killed worker's group: children may outlive it
         for process in self.processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
         app.conf.update(self._saved)
         forget_connections()
@@ -155,6 +176,17 @@ def wait_for_job(job: Job, timeout: float = TIMEOUT_S) -> Job:
     raise AssertionError(f"job {job.pk} still {job.status} after {timeout} s; tasks {dict(counts)}")
 
 
+def _application(index: int) -> str:
+    """The name of this test process's ``index``-th worker, also its database sessions' application name."""
+    return f"test-{os.getpid()}-{index}"
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to the process group the worker leads (see ``WorkerPool.start``); nothing if it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
 def run_to_completion(job: Job, log: Path, retries: int = 0, timeout: float = TIMEOUT_S) -> Job:
     """Wait for the job; a failed one is retried (as a user would) up to ``retries`` times."""
     job = wait_for_job(job, timeout)
@@ -163,7 +195,12 @@ def run_to_completion(job: Job, log: Path, retries: int = 0, timeout: float = TI
             break
         job_retry(job=job, on_ready=enqueue)
         job = wait_for_job(job, timeout)
-    assert job.status == Job.Status.COMPLETED, f"{job.message}\n--- worker log ---\n{log.read_text()[-4000:]}"
+    if job.status != Job.Status.COMPLETED:
+        failed = TaskAttempt.objects.filter(task__job=job).exclude(outcome=TaskAttempt.Outcome.SUCCEEDED)
+        attempts = "\n".join(f"task {a.task.key} ({a.task.action} {a.task.service}) attempt {a.number}: "
+                              f"{a.outcome} {a.error_class}\n{a.log[-1500:]}" for a in failed.select_related("task"))  # fmt: skip
+        raise AssertionError(f"{job.message}\n--- attempts that did not succeed ---\n{attempts}\n"
+                             f"--- worker log ---\n{log.read_text()[-4000:]}")  # fmt: skip
     return job
 
 
