@@ -19,11 +19,20 @@ Concurrency model, and why:
   running any more" check that settles a failed job's cluster is race-free. Holding the exclusive lock only
   where it is needed is what lets one large job finish hundreds of tasks a second (one lock for every
   finish serialized them all behind a commit each). Finishes of different jobs never contend; claims take
-  no job lock.
-* Successors are released with a single ``UPDATE ... SET pending_deps = pending_deps - n ... RETURNING`` on
-  PostgreSQL (two statements on SQLite, the embedded mode). JOIN tasks reaching 0 are completed here and
-  release their own successors in the same transaction.
+  no job lock. The PostgreSQL function path goes one step further: a task without successors takes the
+  lock shared too, and whether the job ended is checked after every finish that queued nothing has
+  committed (``_complete_if_done``), so such finishes no longer make every other finish of the job wait.
+* Successors are released with ``pending_deps = pending_deps - n`` and moved (waiting → queued, a JOIN →
+  completed) in the same UPDATE. JOIN tasks reaching 0 are completed here and release their own successors
+  in the same transaction.
 * Every status change goes through ``clusters/state.py``.
+
+On PostgreSQL the hot path, a claim and a successful finish (lock, close the attempt, complete, release,
+dispatch, "is the job done?", and claiming the worker's next task), runs as PL/pgSQL functions: one round
+trip each instead of seven or eight ORM statements, which is what lets one worker process move several
+hundred tasks a second (``clusters/pg_functions.py`` says how they are generated, installed and kept in
+step with this module). Everything else, and all of it on SQLite, is the ORM code below; the engine tests
+run both.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -49,8 +59,9 @@ from tenants.models import Tenant
 from .backoff import jittered_backoff
 from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
 from .planner import Action, Operation, Plan
+from .rows import node_from_row
 from .signals import JobEvent, JobEventData, send_job_event
-from .state import allowed_from, transition, transition_many
+from .state import transition, transition_many
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +78,9 @@ UNFINISHED_TASK_STATUSES = (
 
 _JOIN = Action.JOIN.value
 PAUSED_REASON = "job paused"
-# A paused job's failed task is requeued too: it simply is not handed out until the job resumes.
-_RETRYING_JOB_STATUSES = (Job.Status.RUNNING, Job.Status.PAUSED)
+ACTIVE_JOB_STATUSES = (Job.Status.RUNNING, Job.Status.PAUSED)
+"""Job statuses in which a finish only moves the DAG forward (a failed or aborted job is settled instead).
+A paused job's failed task is requeued too: it simply is not handed out until the job resumes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,9 @@ class Ready:
 
     task_pk: int
     countdown: float = 0.0
+    claimed: Claimed | None = None
+    """Set when the finish that handed it out also claimed it for the finishing worker (``claim_next_for``):
+    that worker runs it next, so it must not be published."""
 
 
 OnReady = Callable[[list[Ready]], object]
@@ -306,6 +321,19 @@ def _countdown(not_before: object, now: datetime) -> float:
 # --- claim ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed task: its attempt, and what the runner needs to know to do its work."""
+
+    attempt: TaskAttempt
+    action: str
+    service: str
+    node_id: int | None
+    job_id: int
+    node: Node | None = None
+    """The task's node as read by the claim (PostgreSQL), or None (a join point, or read by the runner)."""
+
+
 def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
     """Claim a queued task of a running job for ``worker``; None when there is nothing to claim.
 
@@ -313,9 +341,26 @@ def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
     is created in the same transaction. None means a duplicate delivery, a task someone else claimed, or a
     job that is paused or failed meanwhile: the caller just exits.
     """
+    claimed = task_claim_for_run(task_pk=task_pk, worker=worker)
+    return None if claimed is None else claimed.attempt
+
+
+def task_claim_for_run(*, task_pk: int, worker: str) -> Claimed | None:
+    """``task_claim``, also returning the task's action, service, node and job (on PostgreSQL from the
+    claim's own round trip, ``loom_task_claim``), so the runner need not read the task again."""
     now = timezone.now()
     if connection.vendor == "postgresql":
         return _claim_postgresql(task_pk=task_pk, worker=worker, now=now)
+    attempt = _claim_orm(task_pk=task_pk, worker=worker, now=now)
+    if attempt is None:
+        return None
+    action, service, node_id, job_id = (
+        Task.objects.filter(pk=task_pk).values_list("action", "service", "node_id", "job_id").get()
+    )
+    return Claimed(attempt, action, service, node_id, job_id)
+
+
+def _claim_orm(*, task_pk: int, worker: str, now: datetime) -> TaskAttempt | None:
     job_running = Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING))
     with transaction.atomic():
         claimed = transition(
@@ -339,33 +384,28 @@ def task_claim(*, task_pk: int, worker: str) -> TaskAttempt | None:
         return TaskAttempt.objects.create(task_id=task_pk, number=number, worker=worker, started_at=now)
 
 
-def _claim_postgresql(*, task_pk: int, worker: str, now: datetime) -> TaskAttempt | None:
-    """The claim as one statement (a data-modifying CTE): the conditional UPDATE and the attempt INSERT in a
-    single round trip and commit. The from-states come from ``state.py``, which stays the one authority on
-    transitions even where the engine writes SQL for speed."""
-    task_table = connection.ops.quote_name(Task._meta.db_table)
-    attempt_table = connection.ops.quote_name(TaskAttempt._meta.db_table)
-    job_table = connection.ops.quote_name(Job._meta.db_table)
-    sql = (
-        f"WITH c AS (UPDATE {task_table} AS t SET status = %s, attempts = t.attempts + 1, worker = %s, "
-        f"heartbeat_at = %s, not_before = NULL, waiting_reason = '' "
-        f"WHERE t.id = %s AND t.status = ANY(%s) AND EXISTS (SELECT 1 FROM {job_table} j "
-        f"WHERE j.id = t.job_id AND j.status = %s) RETURNING t.id) "
-        f"INSERT INTO {attempt_table} (task_id, number, worker, started_at, outcome, error_class, retryable, "
-        f"log_tail, log) SELECT c.id, COALESCE((SELECT MAX(a.number) FROM {attempt_table} a "
-        f"WHERE a.task_id = c.id), 0) + 1, %s, %s, %s, '', false, '', '' FROM c RETURNING id, number"
-    )
-    sources = sorted(allowed_from(Task, Task.Status.RUNNING))
+def _claim_postgresql(*, task_pk: int, worker: str, now: datetime) -> Claimed | None:
+    """The claim as one call of ``loom_task_claim`` (``clusters/pg_functions.py``): the conditional UPDATE,
+    the attempt INSERT and the task's particulars in a single round trip and commit."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Task.Status.RUNNING, worker, now, task_pk, sources, Job.Status.RUNNING,
-                             worker, now, TaskAttempt.Outcome.RUNNING])  # fmt: skip
+        cursor.execute("SELECT * FROM loom_task_claim(%s, %s, %s)", [task_pk, worker, now])
         row = cursor.fetchone()
     if row is None:
         return None
-    attempt = TaskAttempt(id=row[0], task_id=task_pk, number=row[1], worker=worker, started_at=now)
+    return _claimed(task_pk, *row, worker=worker, now=now)
+
+
+def _claimed(
+    task_pk: int, attempt_pk: int, number: int, action: str, service: str, node_id: int | None, job_id: int,
+    *node_row: Any, worker: str, now: datetime
+) -> Claimed:  # fmt: skip
+    """A Claimed from the columns ``loom_task_claim`` returns (``pg_functions.claim_columns``); the attempt
+    row exists, so the instance is marked as loaded from the database."""
+    attempt = TaskAttempt(id=attempt_pk, task_id=task_pk, number=number, worker=worker, started_at=now)
     attempt._state.adding = False
     attempt._state.db = connection.alias
-    return attempt
+    node = node_from_row(node_row) if node_id is not None else None
+    return Claimed(attempt, action, service, node_id, job_id, node)
 
 
 # --- finish --------------------------------------------------------------------------------------------------
@@ -383,6 +423,7 @@ def task_finish(
     retryable: bool = False,
     log: str = "",
     on_ready: OnReady,
+    claim_next_for: str | None = None,
 ) -> list[Ready]:
     """Record how ``attempt`` ended and move the job forward; returns the tasks handed out as a result.
 
@@ -394,6 +435,11 @@ def task_finish(
     job runs (a paused job's queued tasks are handed out by ``job_start`` on resume), within the tenant's
     worker budget (``_dispatch``).
 
+    ``claim_next_for`` (a worker id): on PostgreSQL a successful finish also claims, in its own transaction,
+    the first task it hands out that may run at once, for that worker; it comes back (and reaches ``on_ready``)
+    with ``claimed`` set, and the caller must run it (``runner.task_run(claimed=...)``). A chain then costs
+    one database round trip per step instead of two.
+
     Idempotent: a second finish of the same attempt, or the finish of an attempt that no longer owns the task
     (the janitor requeued it), records nothing more on the task and returns []. See the module docstring for
     the two lock modes; a deadlock PostgreSQL breaks (possible only against another tenant job's drop) is
@@ -403,7 +449,8 @@ def task_finish(
     for tries_left in (3, 2, 1, 0):
         try:
             return _task_finish(attempt=attempt, outcome=outcome, error_class=error_class, retryable=retryable,
-                                log=log, on_ready=on_ready, exclusive=exclusive)  # fmt: skip
+                                log=log, on_ready=on_ready, exclusive=exclusive,
+                                claim_next_for=claim_next_for)  # fmt: skip
         except _NeedExclusive:
             exclusive = True
         except OperationalError as error:
@@ -426,10 +473,22 @@ def _task_finish(
     log: str,
     on_ready: OnReady,
     exclusive: bool | None,
+    claim_next_for: str | None,
 ) -> list[Ready]:
     now = timezone.now()
     text = redact(log)
     succeeded = outcome == TaskAttempt.Outcome.SUCCEEDED
+    if succeeded and connection.vendor == "postgresql":
+        # One statement is its own transaction: no BEGIN/COMMIT round trips (on_commit then fires at once,
+        # after it committed; inside a caller's transaction it waits for that one as usual).
+        finished = _succeed_postgresql(attempt, log=text, now=now, exclusive=bool(exclusive), on_ready=on_ready,
+                                       claim_next_for=claim_next_for)  # fmt: skip
+        if finished is not None:
+            dispatched, maybe_ended = finished
+            if maybe_ended is not None:
+                _complete_if_done(maybe_ended, now=now)
+            return dispatched
+        exclusive = True  # "defer": the job has ended; the ORM path below settles it
     with transaction.atomic():
         task = (
             Task.objects.filter(pk=attempt.task_id)
@@ -442,10 +501,10 @@ def _task_finish(
         )
         requeue = not succeeded and retryable and task.attempts < task.max_attempts
         if exclusive is None:  # decided on an unlocked read; a job that ended since is caught below
-            active = task.job_status in _RETRYING_JOB_STATUSES
+            active = task.job_status in ACTIVE_JOB_STATUSES
             exclusive = not active or (task.is_sink if succeeded else not requeue)
         job = _lock_job(task.job_id, shared=not exclusive)
-        if not exclusive and job.status not in _RETRYING_JOB_STATUSES:
+        if not exclusive and job.status not in ACTIVE_JOB_STATUSES:
             raise _NeedExclusive
         closed = TaskAttempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
             outcome=outcome,
@@ -466,7 +525,7 @@ def _task_finish(
             if not transition(owner, task.pk, to=Task.Status.COMPLETED, extra_updates={"heartbeat_at": None}):
                 return []
             ready = [Ready(pk) for pk in _release([task.pk])]
-        elif requeue and job.status in _RETRYING_JOB_STATUSES:
+        elif requeue and job.status in ACTIVE_JOB_STATUSES:
             delay = retry_delay(task.attempts)
             requeued = transition(
                 owner,
@@ -500,6 +559,55 @@ def _task_finish(
             extra={"job": job.pk, "task": task.pk, "attempt": attempt.pk, "outcome": outcome, "ready": len(ready)},
         )
         return dispatched
+
+
+def _succeed_postgresql(
+    attempt: TaskAttempt, *, log: str, now: datetime, exclusive: bool, on_ready: OnReady, claim_next_for: str | None
+) -> tuple[list[Ready], int | None] | None:
+    """A successful finish in one call of ``loom_task_succeed`` (``clusters/pg_functions.py``): one statement,
+    so one transaction of its own (or part of the caller's). Returns the tasks handed out and, when this may
+    have been the job's last task, the job to check once it has committed (``_complete_if_done``); None when
+    the job has ended and the ORM path must settle it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM loom_task_succeed(%s, %s, %s, %s, %s, %s, %s, %s)",
+            [attempt.pk, attempt.number, attempt.task_id, now, log, log_tail(log), exclusive, claim_next_for],
+        )
+        row = cursor.fetchone()
+    verdict, job_id, released, dispatched, not_before, done = row[:6]
+    next_task, next_claim = row[6], row[7:]  # the claimed task and the rest of loom_task_claim's columns
+    if verdict == "need_exclusive":
+        raise _NeedExclusive
+    if verdict == "defer":
+        return None
+    if verdict == "stale":
+        return [], None
+    claimed = None
+    if next_task is not None and claim_next_for is not None:
+        claimed = _claimed(next_task, *next_claim, worker=claim_next_for, now=now)
+    ready = [
+        Ready(pk, _countdown(moment, now), claimed if pk == next_task else None)
+        for pk, moment in zip(dispatched, not_before, strict=True)
+    ]
+    _enqueue(ready, on_ready)
+    logger.debug("task finished", extra={"job": job_id, "task": attempt.task_id, "attempt": attempt.pk,
+                                         "outcome": TaskAttempt.Outcome.SUCCEEDED, "ready": released})  # fmt: skip
+    return ready, job_id if done else None
+
+
+def _complete_if_done(job_pk: int, *, now: datetime) -> None:
+    """Complete the job if nothing of it is unfinished; called after a finish that may have been its last
+    has committed (the function path takes the job lock shared even for a task without successors).
+
+    Why after the commit: two last tasks finishing side by side under the shared lock each see the other
+    still running. Every finish that queued nothing (only such a finish can be a job's last) checks after
+    its own commit, so the one that commits last sees all the others ended. Both may find the job done;
+    the exclusive lock and ``_settle``'s conditional transition let one complete it. The first query is
+    unlocked and stops at the first unfinished task: most of these checks cost one index probe."""
+    if Task.objects.filter(job_id=job_pk, status__in=UNFINISHED_TASK_STATUSES).exists():
+        return
+    with transaction.atomic():
+        _settle(_lock_job(job_pk), now=now, may_be_done=True)
 
 
 def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_ready: OnReady) -> list[Ready]:
@@ -539,7 +647,7 @@ def task_release(*, attempt: TaskAttempt, countdown: float, reason: str, on_read
         fresh: list[int] = []
         if job.status == Job.Status.RUNNING:
             fresh = [task.pk]
-        elif job.status not in _RETRYING_JOB_STATUSES:
+        elif job.status not in ACTIVE_JOB_STATUSES:
             transition_many(Task.objects.filter(pk=task.pk), to=Task.Status.DROPPED)
             _settle(job, now=now, may_be_done=False)
         ready = _dispatch(task.tenant_id, fresh=fresh, now=now)
@@ -768,9 +876,13 @@ def _dispatch(tenant_id: int, *, fresh: Sequence[int], now: datetime, scan: bool
         rows = list(chosen.order_by("job_id", "key").values_list("pk", "not_before"))
         tasks.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
         return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
+    if connection.vendor == "postgresql":  # the same steps as below, in one call (clusters/pg_functions.py)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM loom_dispatch(%s, %s, %s, %s)", [tenant_id, budget, now, bool(fresh)])
+            return [Ready(pk, _countdown(moment, now)) for pk, moment in cursor.fetchall()]
     if not fresh and not waiting.exists():
         return []  # nothing waits for a slot: no need to take the tenant lock
-    Tenant.objects.select_for_update().filter(pk=tenant_id).values_list("pk", flat=True).get()
+    Tenant.objects.select_for_update(no_key=True).filter(pk=tenant_id).values_list("pk", flat=True).get()
     in_flight = tasks.filter(
         Q(status=Task.Status.RUNNING) | Q(status=Task.Status.QUEUED, dispatched_at__isnull=False)
     ).count()

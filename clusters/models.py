@@ -204,14 +204,15 @@ class Task(models.Model):
         indexes = [
             # Job progress, "is anything still running/unfinished", drop-on-failure.
             models.Index(fields=["job", "status"], name="task_job_status"),
-            # The dispatcher: ready tasks per tenant, oldest backoff first.
-            models.Index(fields=["tenant", "not_before"], condition=Q(status="queued"), name="task_ready"),
+            # The dispatcher's "tasks waiting for a slot, in the order they get one" is ``task_waiting_slot``,
+            # made on PostgreSQL by ``clusters.pg_functions`` (SQLite cannot index NULLS FIRST).
             # The janitor: running tasks whose heartbeat stopped; also the tenant budget count.
             models.Index(fields=["heartbeat_at"], condition=Q(status="running"), name="task_running_heartbeat"),
             models.Index(fields=["tenant"], condition=Q(status="running"), name="task_running_tenant"),
-            # The janitor: dispatched tasks nobody claimed (a lost message) are sent again.
+            # A tenant's tasks sent and not yet claimed (its budget count); the janitor: dispatched tasks
+            # nobody claimed (a lost message) are sent again.
             models.Index(
-                fields=["dispatched_at"],
+                fields=["tenant", "dispatched_at"],
                 condition=Q(status="queued", dispatched_at__isnull=False),
                 name="task_dispatched",
             ),

@@ -26,8 +26,13 @@ by client token and node tag, deletes of a missing machine succeed.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import traceback
+from collections import OrderedDict
 from typing import Any
+
+from django.conf import settings
 
 from providers.automators import noop
 from providers.drivers.base import Driver, MachineSpec, NotReady, TerminalError, TransientError
@@ -36,12 +41,13 @@ from providers.services import provider_driver
 from templates_app.macro_syntax import json_strings
 
 from . import automation
-from .engine import OnReady, Ready, task_claim, task_finish, task_release
+from .engine import Claimed, OnReady, Ready, task_claim_for_run, task_finish, task_release
 from .heartbeat import heartbeat
 from .macros import MacroContext, MacroError, expand_config
-from .models import Cluster, Node, Task, TaskAttempt
+from .models import Cluster, Node, TaskAttempt
 from .pins import pinned_service_documents
 from .planner import Action
+from .rows import node_read
 from .specs import NodeSpec
 
 logger = logging.getLogger(__name__)
@@ -66,16 +72,25 @@ class Waiting(Exception):
         self.reason = reason
 
 
-def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
+def task_run(
+    *, task_pk: int, worker: str, on_ready: OnReady, claimed: Claimed | None = None, claim_next: bool = False
+) -> list[Ready]:
     """Claim task ``task_pk`` for ``worker``, execute it and finish (or release) it; returns what became ready
-    (already handed to ``on_ready`` on commit). Returns [] when there was nothing to claim."""
-    attempt = task_claim(task_pk=task_pk, worker=worker)
-    if attempt is None:
+    (already handed to ``on_ready`` on commit). Returns [] when there was nothing to claim.
+
+    ``claimed``: the task was already claimed for ``worker`` (by the finish of its predecessor, see
+    ``claim_next``); it is run without claiming again. ``claim_next``: a successful finish also claims the
+    next task that may run at once for ``worker`` (``engine.task_finish(claim_next_for=...)``); it comes back
+    with ``Ready.claimed`` set, and the caller must run it."""
+    if claimed is None:
+        claimed = task_claim_for_run(task_pk=task_pk, worker=worker)
+    if claimed is None:
         logger.info("nothing to claim", extra={"task": task_pk, "worker": worker})
         return []
+    attempt = claimed.attempt
     try:
         with heartbeat.beating(task_pk, worker):
-            log = task_execute(task_pk=task_pk)
+            log = task_execute(claimed)
     except Waiting as waiting:
         return task_release(attempt=attempt, countdown=waiting.countdown, reason=waiting.reason, on_ready=on_ready)
     except TransientError as error:
@@ -85,7 +100,8 @@ def task_run(*, task_pk: int, worker: str, on_ready: OnReady) -> list[Ready]:
     except Exception as error:  # anything unexpected is a bug or an unclassified failure: do not retry it
         logger.exception("task %s failed unexpectedly", task_pk, extra={"task": task_pk})
         return _fail(attempt, error, retryable=False, on_ready=on_ready, trace=True)
-    return task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=log, on_ready=on_ready)
+    return task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=log, on_ready=on_ready,
+                       claim_next_for=worker if claim_next else None)  # fmt: skip
 
 
 def _fail(
@@ -107,25 +123,54 @@ def _fail(
     )
 
 
-def task_execute(*, task_pk: int) -> str:
+def task_execute(claimed: Claimed) -> str:
     """Do the work of one claimed task; returns its output. Raises ``Waiting``, ``DriverError`` subclasses or
     anything else (see ``task_run`` for how each is classified). Must be called outside a transaction."""
-    task = Task.objects.select_related("node", "job__cluster").get(pk=task_pk)
-    node, cluster = task.node, task.job.cluster
-    action = Action(task.action)
-    if action is Action.JOIN or node is None:
+    action = Action(claimed.action)
+    if action is Action.JOIN or claimed.node_id is None:
         return "join point: nothing to do\n"
+    cluster = job_cluster(claimed.job_id)
+    # Fresh: create and confirm write to it during the job. The claim returned it on PostgreSQL.
+    node = claimed.node if claimed.node is not None else node_read(claimed.node_id)
+    task_pk = claimed.attempt.task_id
     if action is Action.CREATE:
         return _create(cluster, node)
     if action is Action.CONFIRM:
-        return _confirm(cluster, node, task_pk=task.pk)
+        return _confirm(cluster, node, task_pk=task_pk)
     if action is Action.BOOTSTRAP:
         return automation.bootstrap(cluster, node)
     if action is Action.DELETE:
         return _delete(cluster, node)
     if action in SERVICE_ACTIONS:
-        return _service_action(cluster, node, service=task.service, action=action, task_pk=task.pk)
+        return _service_action(cluster, node, service=claimed.service, action=action, task_pk=task_pk)
     raise TerminalError(f"no executor for action {action}")
+
+
+_CLUSTER_CACHE_SIZE = 512
+_clusters: OrderedDict[int, Cluster] = OrderedDict()
+_clusters_lock = threading.Lock()
+
+
+def job_cluster(job_pk: int) -> Cluster:
+    """The cluster a job works on, with its pinned provider version and owner, kept per worker process.
+
+    What a task reads of its cluster (name, provider and its pinned version, provider fields, config, service
+    pins, owner) is written when the job is made, in the same transaction, and not again while the job runs:
+    a day-2 change or a retry of a failed job starts from a cluster that is not busy. So every task of a job
+    may share one read, instead of a three-table join per task. Bounded (least recently used out); callers
+    must not modify the instance, which threads share.
+    """
+    with _clusters_lock:
+        cluster = _clusters.get(job_pk)
+        if cluster is not None:
+            _clusters.move_to_end(job_pk)
+            return cluster
+    cluster = Cluster.objects.select_related("provider_version", "owner").get(jobs__pk=job_pk)
+    with _clusters_lock:
+        _clusters[job_pk] = cluster
+        while len(_clusters) > _CLUSTER_CACHE_SIZE:
+            _clusters.popitem(last=False)
+    return cluster
 
 
 # --- hardware actions ----------------------------------------------------------------------------------------
@@ -174,10 +219,18 @@ def _create(cluster: Cluster, node: Node) -> str:
 def _confirm(cluster: Cluster, node: Node, *, task_pk: int) -> str:
     if not node.machine_id:
         raise TerminalError(f"node {node.number} has no machine to confirm")
-    try:
-        reachable = cluster_driver(cluster).confirm(machine_spec(cluster, node), node.machine_id)
-    except NotReady as not_ready:
-        raise Waiting(countdown=not_ready.retry_after, reason=str(not_ready)[:255]) from not_ready
+    driver, spec = cluster_driver(cluster), machine_spec(cluster, node)
+    deadline = time.monotonic() + settings.LOOM_INLINE_WAIT_SECONDS
+    while True:
+        try:
+            reachable = driver.confirm(spec, node.machine_id)
+            break
+        except NotReady as not_ready:
+            # Ready within LOOM_INLINE_WAIT_SECONDS: sleep here (no CPU, no broker round trip, no new claim);
+            # otherwise give the claim back and come again after the countdown, holding no thread.
+            if time.monotonic() + not_ready.retry_after > deadline:
+                raise Waiting(countdown=not_ready.retry_after, reason=str(not_ready)[:255]) from not_ready
+            time.sleep(not_ready.retry_after)
     updates: dict[str, Any] = {
         "ip_addresses": dict(reachable.ip_addresses),
         "ssh_user": reachable.ssh_user,

@@ -234,6 +234,10 @@ LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
 LOOM_IDEMPOTENCY_TTL_SECONDS = env.int("LOOM_IDEMPOTENCY_TTL_SECONDS", default=86400)
 LOOM_BUDGET_CACHE_SECONDS = env.float("LOOM_BUDGET_CACHE_SECONDS", default=5.0)
 LOOM_RETRY_BACKOFF_SECONDS = env.float("LOOM_RETRY_BACKOFF_SECONDS", default=5.0)
+# A confirm told "still booting, ready in N s" waits in its thread when N is at most this (a sleep costs no
+# CPU; releasing and re-sending the task costs a broker round trip and two claims); longer boots are
+# released with a countdown and no thread waits.
+LOOM_INLINE_WAIT_SECONDS = env.float("LOOM_INLINE_WAIT_SECONDS", default=2.0)
 LOOM_RETRY_BACKOFF_CAP_SECONDS = env.float("LOOM_RETRY_BACKOFF_CAP_SECONDS", default=300.0)
 # The orphan reaper: how often it lists each provider's tagged machines, and how long a machine without a
 # live node is only reported before it is deleted.

@@ -23,11 +23,12 @@ pytest_plugins = ["tests.lab.fixtures"]
 
 @pytest.fixture(autouse=True)
 def _forget_pinned_documents() -> None:
-    """Workers cache pinned service documents by (tenant, name, version), which never change in production;
-    tests roll back and reuse ids, so each test starts with an empty cache."""
-    from clusters import pins
+    """Workers cache pinned service documents by (tenant, name, version) and a job's cluster by job, which
+    never change in production; tests roll back and reuse ids, so each test starts with empty caches."""
+    from clusters import pins, runner
 
     pins._pinned.clear()
+    runner._clusters.clear()
 
 
 @pytest.fixture

@@ -14,3 +14,4 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
 # Tests change budgets and dispatch at once; production caches the budget for a few seconds.
 LOOM_BUDGET_CACHE_SECONDS = 0
+LOOM_INLINE_WAIT_SECONDS = 0  # in-process tests see every "still booting" as a release; one test turns it on

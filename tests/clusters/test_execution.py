@@ -104,6 +104,27 @@ def test_a_confirm_that_finds_the_machine_booting_is_requeued_without_spending_a
 
 
 @pytest.mark.django_db
+def test_a_confirm_whose_machine_is_ready_soon_waits_in_its_thread_instead(tenant_a, admin_a, settings):
+    """Within ``LOOM_INLINE_WAIT_SECONDS`` the thread sleeps until the machine is ready and confirms it in the
+    same attempt: no release, no second claim."""
+    settings.LOOM_INLINE_WAIT_SECONDS = 5.0
+    catalog_import(tenant=tenant_a, user=None, data=catalog(seed="3", boot_ms="400"))
+    _, job = cluster_create(user=admin_a, tenant=tenant_a, request=PreviewRequest("soon", "fleet", 1))
+    create = Task.objects.get(job=job, action=Action.CREATE)
+    confirm = Task.objects.get(job=job, action=Action.CONFIRM)
+    task_run(task_pk=create.pk, worker="test/1", on_ready=lambda _: None)
+    started = time.monotonic()
+    ready = task_run(task_pk=confirm.pk, worker="test/1", on_ready=lambda _: None)
+    assert confirm.pk not in [item.task_pk for item in ready] and time.monotonic() - started >= 0.1
+    confirm.refresh_from_db()
+    assert (confirm.status, confirm.attempts) == (Task.Status.COMPLETED, 1)
+    assert list(TaskAttempt.objects.filter(task=confirm).values_list("outcome", flat=True)) == ["succeeded"]
+    provider = Provider.objects.get(tenant=tenant_a, name="fakecloud")
+    polls = FakeCallCount.objects.filter(provider_key=provider_key(provider=provider), action="confirm")
+    assert sum(polls.values_list("count", flat=True)) >= 2  # it found the machine booting, then ready
+
+
+@pytest.mark.django_db
 def test_a_release_after_the_job_failed_drops_the_task_and_settles_the_cluster(tenant_a, admin_a):
     catalog_import(tenant=tenant_a, user=None, data=catalog())
     cluster, job = cluster_create(user=admin_a, tenant=tenant_a, request=PreviewRequest("two", "fleet", 1))
