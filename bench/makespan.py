@@ -35,7 +35,9 @@ scheduling overhead (dispatch through the database and Redis, claims, and for ``
 Goal for ``dag``: ≤ 1.10.
 
 Also printed per mode: the most tasks that ran at once, and the "hop" latency, from the moment a task's
-last predecessor finished to the start of its attempt (confirms excluded: they wait for their boot).
+last predecessor finished to the start of its attempt (confirms excluded: they wait for their boot). For
+the dag run, per action: when its tasks started and how long they took, which shows where a makespan above
+the bound comes from (a wide start spread and durations far above the actions' latencies: short of CPU).
 The noop automator seeds each node's draws by the node's random key, so the two modes draw different
 durations (from the same distributions); each ratio uses its own run's durations. Wall-clock numbers
 depend on the machine and its load (printed), ratios much less so.
@@ -262,6 +264,7 @@ class Row:
     peak: int
     hops: list[float]
     boot_on_path: float
+    timeline: list[tuple[str, ...]]
 
 
 def run_mode(bench: Bench, *, mode: str, size: int, processes: int = 1) -> tuple[Row, Any, tuple[int, int]]:
@@ -303,8 +306,31 @@ def run_mode(bench: Bench, *, mode: str, size: int, processes: int = 1) -> tuple
         measured.boot_wait[key] for key in path if key in measured.boot_wait and measured.create_of[key] in path
     )
     makespan = (job.finished_at - job.started_at).total_seconds()
-    row = Row(mode, Task.objects.filter(job=job).count(), makespan, bound, path, peak, hops, boot_on_path)
+    row = Row(mode, Task.objects.filter(job=job).count(), makespan, bound, path, peak, hops, boot_on_path,
+              timeline(job))  # fmt: skip
     return row, preview, width
+
+
+def timeline(job: Any) -> list[tuple[str, ...]]:
+    """Per action and service, in the order they began: how many succeeded, when they started (first,
+    median, last; seconds after the job started) and how long they took (median). Where the start spread
+    is wide and the durations far above the actions' own latencies, the worker was short of CPU."""
+    from statistics import median
+
+    from clusters.models import TaskAttempt
+
+    succeeded = TaskAttempt.objects.filter(task__job=job, outcome=TaskAttempt.Outcome.SUCCEEDED)
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for action, service, started, finished in succeeded.values_list("task__action", "task__service",
+                                                                    "started_at", "finished_at"):  # fmt: skip
+        offset = (started - job.started_at).total_seconds()
+        groups.setdefault((action, service), []).append((offset, (finished - started).total_seconds()))
+    rows = []
+    for (action, service), runs in sorted(groups.items(), key=lambda item: min(item[1])[0]):
+        starts = sorted(start for start, _ in runs)
+        rows.append((f"{action} {service}".strip(), str(len(runs)), f"{starts[0]:.2f}", f"{median(starts):.2f}",
+                     f"{starts[-1]:.2f}", f"{median(d for _, d in runs) * 1000:.0f} ms"))  # fmt: skip
+    return rows
 
 
 def describe_path(preview: Any, path: list[int], boot_wait: float) -> str:
@@ -362,6 +388,10 @@ def run(bench: Bench, *, size: int, processes: int = 1) -> int:
     for row in rows:
         print(f"critical path ({row.mode}): {describe_path(preview, row.path, row.boot_on_path)}")
     dag, staged = rows
+    print()
+    print("dag run, per action (seconds after the job started; the duration includes any in-thread boot wait):")
+    print_table([("action", "tasks", "first start", "median start", "last start", "median duration"),
+                 *dag.timeline])  # fmt: skip
     dag_ratio = dag.makespan / dag.bound
     print()
     print(f"dag makespan / bound:    {dag_ratio:.3f}  (goal ≤ {GOAL:.2f}: {'met' if dag_ratio <= GOAL else 'NOT MET'})")

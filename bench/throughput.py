@@ -11,10 +11,12 @@ benchmark's own database and Redis database. In each round, alternately:
   each does nothing but ``INCR`` a Redis counter. Tasks/s from the first publish to the last count: the
   most this broker, worker and machine move, the ceiling the engine is held against;
 * **engine**: ``cluster_create`` of a cluster whose every action takes no time (fake provider: 0 ms boot and
-  calls; noop automator: 0 ms), so every task is pure engine work: a broker message, the claim (a
-  conditional UPDATE and a TaskAttempt row), the task's own reads (and the fake provider's machine row for
-  create and confirm), the finish (lock the job, close the attempt, complete the task, release the
-  successors with one UPDATE ... RETURNING, settle the job) and, on commit, publishing the successors.
+  calls; noop automator: 0 ms), so every task is pure engine work: the claim (the task moved to running
+  and a TaskAttempt row), the task's own reads (its node; the fake provider's machine row for create and
+  confirm), the finish (lock the job, close the attempt, complete the task, release the successors, see
+  whether the job is done) and, on commit, publishing the successors. A chain's next task skips the broker:
+  the finish claims it for the same worker thread (on PostgreSQL the claim and the finish are one function
+  call each, ``clusters/pg_functions.py``); what else became ready goes through Redis.
   Tasks/s = tasks / (job ``finished_at`` − ``started_at``). Twice: with the tenant's worker budget unlimited
   (``workers=0``, the engine alone) and at its default of 10 (the fair-share path: the tenant row locked and
   the tasks in flight counted on every dispatch).
