@@ -133,11 +133,9 @@ def bench_warm(seconds: float) -> None:
 
 # --- profiling inside a worker (``LOOM_BENCH_PROFILE=1``, see throughput.py --profile) -----------------------
 
-ENGINE_TASK = "clusters.tasks.task_run_task"
-_profiles: dict[int, cProfile.Profile] = {}  # worker thread → its profiler, enabled only inside engine tasks
+_profiles: dict[int, cProfile.Profile] = {}  # worker thread → its profiler, enabled only inside engine work
 _statements: dict[str, list[float]] = {}  # SQL shape → [count, seconds]
 _profile_lock = threading.Lock()
-_in_task = threading.local()
 
 
 def _sql_shape(sql: str) -> str:
@@ -159,33 +157,36 @@ def _count_statement(execute: Any, sql: str, params: Any, many: bool, context: A
             entry[1] += elapsed
 
 
-def _profile_start(task: Any = None, **kwargs: Any) -> None:
-    if getattr(task, "name", None) != ENGINE_TASK:
-        return
-    from django.db import connection
+def _profiled(run_chain: Any) -> Any:
+    """``clusters.tasks.run_chain`` under this thread's profiler and statement counter. The engine's work runs
+    there whether its task came as a message, in a batch or spilled to an idle thread (no Celery task
+    signal sees the spilled ones)."""
 
-    wrapper = connection.execute_wrapper(_count_statement)
-    wrapper.__enter__()
-    _in_task.wrapper = wrapper
-    with _profile_lock:
-        profiler = _profiles.setdefault(threading.get_ident(), cProfile.Profile())
-    profiler.enable()
+    def profiled_run_chain(task_pk: int, *, worker: str) -> None:
+        from django.db import connection
+
+        with _profile_lock:
+            profiler = _profiles.setdefault(threading.get_ident(), cProfile.Profile())
+        with connection.execute_wrapper(_count_statement):
+            profiler.enable()
+            try:
+                run_chain(task_pk, worker=worker)
+            finally:
+                profiler.disable()
+
+    return profiled_run_chain
 
 
-def _profile_stop(task: Any = None, **kwargs: Any) -> None:
-    wrapper = getattr(_in_task, "wrapper", None)
-    if getattr(task, "name", None) != ENGINE_TASK or wrapper is None:
-        return
-    _profiles[threading.get_ident()].disable()
-    wrapper.__exit__(None, None, None)
-    _in_task.wrapper = None
+def _install_profiler(**kwargs: Any) -> None:
+    from clusters import tasks
+
+    tasks.run_chain = _profiled(tasks.run_chain)
 
 
 if os.environ.get("LOOM_BENCH_PROFILE"):
-    from celery.signals import task_postrun, task_prerun
+    from celery.signals import worker_ready
 
-    task_prerun.connect(_profile_start, weak=False)
-    task_postrun.connect(_profile_stop, weak=False)
+    worker_ready.connect(_install_profiler, weak=False)
 
 
 @shared_task(name="bench.profile_dump", ignore_result=True)

@@ -1,8 +1,9 @@
 """Celery tasks of the engine: thin, ids only (house-style item 19).
 
-The broker carries "run task N" and nothing else; the database decides whether N may run (the claim), so a
-duplicate delivery is a no-op. Workers use the thread pool (I/O-bound work), so the worker id names the
-host and the thread.
+The broker carries "run task N" or "run tasks N, M, ..." and nothing else; the database decides whether a
+task may run (the claim), so a duplicate delivery is a no-op. Workers use the thread pool (I/O-bound work),
+so the worker id names the host and the thread. What a worker's own finishes make ready runs on that
+worker's idle threads without the broker (``local_dispatch``).
 """
 
 from __future__ import annotations
@@ -10,17 +11,46 @@ from __future__ import annotations
 import threading
 
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutting_down
+from django.conf import settings
 
 from .engine import Claimed, Ready
+from .local_dispatch import attach_to_worker, detach_from_worker, local
+
+worker_ready.connect(attach_to_worker, dispatch_uid="clusters.local_dispatch.attach")
+worker_shutting_down.connect(detach_from_worker, dispatch_uid="clusters.local_dispatch.detach")
 
 
 def enqueue(ready: list[Ready]) -> None:
-    """Hand ready tasks to the broker. Only ever called through ``transaction.on_commit`` (the engine's
-    ``on_ready`` callback), so a worker never receives a task whose row is not committed. A task the finish
-    claimed for its own worker (``Ready.claimed``) is that worker's to run, never published."""
-    for item in ready:
-        if item.claimed is None:
-            task_run_task.apply_async((item.task_pk,), countdown=item.countdown or None)
+    """Hand ready tasks to this worker's idle threads (``local_dispatch``), the rest to the broker: those ready
+    at once in batches (``publish``), those with a countdown one by one. Only ever called through
+    ``transaction.on_commit`` (the engine's ``on_ready`` callback), so a worker never receives a task whose
+    row is not committed. A task the finish claimed for its own worker (``Ready.claimed``) is that worker's to
+    run, never published."""
+    unclaimed = [item for item in ready if item.claimed is None]
+    now = [item.task_pk for item in unclaimed if not item.countdown]
+    spilled = set(local.spill(now, run=_run_spilled))
+    publish([pk for pk in now if pk not in spilled])
+    for item in unclaimed:
+        if item.countdown:
+            task_run_task.apply_async((item.task_pk,), countdown=item.countdown)
+
+
+def publish(task_pks: list[int]) -> None:
+    """Send tasks that may run at once to the broker, ``LOOM_DISPATCH_BATCH`` to a message.
+
+    A job's start readies every node's create at once, and the web process that starts it has no worker
+    threads to spill into: a message per task would cost the receiving worker's one consumer thread a
+    millisecond or two of Python each, with the machines waiting in line. One message per batch is received
+    once; the thread that gets it runs the first task and spills the others to its idle threads
+    (``task_run_batch_task``). Several batches, not one, so that several workers share a large job."""
+    size = max(1, settings.LOOM_DISPATCH_BATCH)
+    for start in range(0, len(task_pks), size):
+        batch = task_pks[start : start + size]
+        if len(batch) == 1:
+            task_run_task.apply_async((batch[0],))
+        else:
+            task_run_batch_task.apply_async((batch,))
 
 
 MAX_CONTINUATIONS = 50
@@ -58,10 +88,40 @@ class _Continuation:
 
 @shared_task(bind=True, ignore_result=True, acks_late=True)
 def task_run_task(self: object, task_pk: int) -> None:
+    with local.busy():
+        run_chain(task_pk, worker=_worker_name(self))
+
+
+@shared_task(bind=True, ignore_result=True, acks_late=True)
+def task_run_batch_task(self: object, task_pks: list[int]) -> None:
+    """Several tasks ready at once (``publish``): this thread runs the first; the others go to this worker's
+    idle threads, and what finds none goes back to the broker one task to a message, for other workers.
+    Acknowledged once this thread is done (``acks_late``): should the worker die first, the batch is
+    delivered again and tasks already claimed are skipped by their claims."""
+    first, rest = task_pks[0], list(task_pks[1:])
+    spilled = set(local.spill(rest, run=_run_spilled))
+    for task_pk in rest:
+        if task_pk not in spilled:
+            task_run_task.apply_async((task_pk,))
+    with local.busy():
+        run_chain(first, worker=_worker_name(self))
+
+
+def _worker_name(task: object) -> str:
+    """``host/thread``: the attempt's worker id, which the heartbeat and the janitor go by."""
+    hostname = getattr(getattr(task, "request", None), "hostname", None) or "local"
+    return f"{hostname}/{threading.current_thread().name}"
+
+
+def _run_spilled(task_pk: int) -> None:
+    """What an idle thread of this worker runs for a task spilled to it (``local_dispatch``)."""
+    run_chain(task_pk, worker=f"{local.hostname}/{threading.current_thread().name}")
+
+
+def run_chain(task_pk: int, *, worker: str) -> None:
+    """Run task ``task_pk``, then the ready tasks its finishes keep for this thread (``_Continuation``)."""
     from .runner import task_run
 
-    hostname = getattr(getattr(self, "request", None), "hostname", None) or "local"
-    worker = f"{hostname}/{threading.current_thread().name}"
     next_pk: int | None = task_pk
     claimed: Claimed | None = None
     step = 0

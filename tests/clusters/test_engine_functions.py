@@ -103,10 +103,18 @@ def test_without_claim_next_for_nothing_is_claimed(transactional_db, lamp):
     assert not Task.objects.filter(pk__in=[r.task_pk for r in ready]).exclude(status="queued").exists()
 
 
-def test_a_claimed_task_is_never_published(transactional_db, lamp, monkeypatch):
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """What ``clusters.tasks`` sends to the broker, task by task: batches (``publish``) and single tasks with a
+    countdown. Nothing here is a worker with idle threads, so nothing is spilled."""
+    sent: list[int] = []
+    monkeypatch.setattr(tasks, "publish", sent.extend)
+    monkeypatch.setattr(tasks.task_run_task, "apply_async", lambda args, countdown=None: sent.append(args[0]))
+    return sent
+
+
+def test_a_claimed_task_is_never_published(transactional_db, lamp, published):
     create, _ = _chain_start(lamp)
-    published: list[int] = []
-    monkeypatch.setattr(tasks.task_run_task, "apply_async", lambda args, countdown=None: published.append(args[0]))
     claimed = task_claim_for_run(task_pk=create.pk, worker="w/1")
     ready = task_finish(attempt=claimed.attempt, outcome=OK, on_ready=tasks.enqueue, claim_next_for="w/1")
     assert published == [r.task_pk for r in ready if r.claimed is None]
@@ -114,13 +122,11 @@ def test_a_claimed_task_is_never_published(transactional_db, lamp, monkeypatch):
 
 
 def test_a_worker_runs_a_chain_claiming_each_step_once_and_leaves_nothing_running(
-    transactional_db, tenant_a, admin_a, monkeypatch
+    transactional_db, tenant_a, admin_a, published
 ):
     """``task_run_task`` as a worker thread runs it, on the fake provider: the finish of each step claims the
     next for the thread, which runs it without a claim of its own; what else became ready is published.
     When the thread stops, no task is left claimed and unrun, and every task ran exactly once."""
-    published: list[int] = []
-    monkeypatch.setattr(tasks.task_run_task, "apply_async", lambda args, countdown=None: published.append(args[0]))
     catalog_import(tenant=tenant_a, user=None, data=stack_catalog(boot_ms="0"))
     cluster, job = cluster_create(user=admin_a, tenant=tenant_a, request=PreviewRequest("chain", "stack", 3))
     first, queue = published[0], published[1:]
