@@ -292,7 +292,7 @@ def run_mode(bench: Bench, *, mode: str, size: int, processes: int = 1) -> tuple
             f"task runs, plus {CONNECTION_MARGIN}; the server accepts {free} more connections now. Raise "
             "max_connections (e.g. to 200, then restart PostgreSQL), stop other clients, or use --quick"
         )
-    workers = [bench.start_worker(threads=-(-threads // processes)) for _ in range(processes)]
+    workers = bench.start_workers(count=processes, threads=-(-threads // processes))
     try:
         with override_settings(LOOM_SCHEDULING=mode):
             _, job = cluster_create(user=user, tenant=tenant, request=request)

@@ -58,6 +58,8 @@ REDIS = "redis://127.0.0.1:6379"
 CLAIM_KEY = "loom-test-execution-claim"
 CLAIM_SECONDS = 900
 COUNTER_KEY = "loom-bench-counter"
+WARM_KEY = "loom-bench-warm"  # worker name → warm-ups it ran
+WARM_HOLD_S = 0.3
 POLL_SECONDS = 0.05
 READY_TIMEOUT_S = 60.0
 
@@ -120,14 +122,16 @@ def bench_noop() -> None:
     _counter().incr(COUNTER_KEY)
 
 
-@shared_task(name="bench.warm", ignore_result=True)
-def bench_warm(seconds: float) -> None:
+@shared_task(name="bench.warm", ignore_result=True, bind=True)
+def bench_warm(self: Any, seconds: float) -> None:
     """Open this thread's database connection and hold the thread for ``seconds``: sent once per thread,
-    it makes the pool start every thread, each connected, before anything is measured."""
+    it makes the pool start every thread, each connected, before anything is measured. Counts itself, and
+    which worker ran it (``WARM_KEY``)."""
     from django.db import connection
 
     connection.ensure_connection()
     time.sleep(seconds)
+    _counter().hincrby(WARM_KEY, str(self.request.hostname or "").split("@")[0], 1)
     _counter().incr(COUNTER_KEY)
 
 
@@ -275,6 +279,8 @@ class Worker:
 
     process: subprocess.Popen[bytes]
     threads: int
+    name: str
+    """``bench-<pid>-<n>``, the part of its Celery hostname before ``@``."""
 
     def status_kib(self, field_name: str) -> int:
         """A memory figure of the worker process from /proc (``VmHWM``: peak resident set; ``VmRSS``: now)."""
@@ -294,21 +300,44 @@ class Bench:
     log: Path
     workers: list[Worker] = field(default_factory=list)
 
-    def start_worker(self, *, threads: int, warm: bool = True, env: dict[str, str] | None = None) -> Worker:
-        """Start a worker with ``threads`` threads and wait until it consumes; with ``warm``, also until every
-        thread exists and holds its database connection, so start-up is not in what is measured."""
+    def start_worker(self, *, threads: int, env: dict[str, str] | None = None) -> Worker:
+        """Start a worker with ``threads`` threads and wait until it consumes with every thread started and
+        holding its database connection, so start-up is not in what is measured."""
+        return self.start_workers(count=1, threads=threads, env=env)[0]
+
+    def start_workers(self, *, count: int, threads: int, env: dict[str, str] | None = None) -> list[Worker]:
+        """Start ``count`` workers of ``threads`` threads each, then warm them all (``start_worker``).
+
+        Warming is in rounds of one ``bench_warm`` per thread of every worker, each holding its thread for a
+        moment (and, acknowledged late, a prefetch slot: no worker can take more than its threads at once); a
+        round counts only when every worker ran its share (as many as it has threads). A worker
+        still starting up when the round began leaves its share to the others, and the round is repeated:
+        warming them one by one let the first worker eat the second's warm-up, and the second was still
+        booting when the measured job began."""
         environment = {**os.environ, **self.environment(), **(env or {})}
-        name = f"bench-{os.getpid()}-{len(self.workers)}@%h"
-        command = worker_command(name=name, concurrency=threads, include=["bench.workers"])
-        with self.log.open("a") as output:
-            process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
-        worker = Worker(process, threads)
-        self.workers.append(worker)
-        if warm:
-            self.run_counted([bench_warm.s(0.3) for _ in range(threads)], timeout=READY_TIMEOUT_S, worker=worker)
-        else:
-            self.run_counted([bench_noop.s()], timeout=READY_TIMEOUT_S, worker=worker)
-        return worker
+        started = []
+        for _ in range(count):
+            name = f"bench-{os.getpid()}-{len(self.workers)}"
+            command = worker_command(name=f"{name}@%h", concurrency=threads, include=["bench.workers"])
+            with self.log.open("a") as output:
+                process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output,
+                                           stderr=subprocess.STDOUT)  # fmt: skip
+            worker = Worker(process, threads, name)
+            self.workers.append(worker)
+            started.append(worker)
+        client = redis.Redis.from_url(self.broker_url)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            client.delete(WARM_KEY)
+            self.run_counted([bench_warm.s(WARM_HOLD_S) for _ in range(threads * count)], timeout=READY_TIMEOUT_S)
+            ran = {name.decode(): int(n) for name, n in client.hgetall(WARM_KEY).items()}
+            for worker in started:
+                if worker.process.poll() is not None:
+                    raise HarnessError(f"worker {worker.name} exited with {worker.process.returncode}\n{self.tail()}")
+            if all(ran.get(worker.name, 0) >= threads for worker in started):
+                return started
+            if time.monotonic() > deadline:
+                raise HarnessError(f"workers never all warmed up (warm-ups run: {ran})\n{self.tail()}")
 
     def stop_worker(self, worker: Worker) -> None:
         """SIGTERM (a warm shutdown), then SIGKILL after 15 s."""

@@ -42,8 +42,9 @@ def publish(task_pks: list[int]) -> None:
     A job's start readies every node's create at once, and the web process that starts it has no worker
     threads to spill into: a message per task would cost the receiving worker's one consumer thread a
     millisecond or two of Python each, with the machines waiting in line. One message per batch is received
-    once; the thread that gets it runs the first task and spills the others to its idle threads
-    (``task_run_batch_task``). Several batches, not one, so that several workers share a large job."""
+    once; the thread that gets it runs the first task and spills the others to its idle threads, and what
+    they cannot take goes on, batched again, to the next worker with a free thread (``task_run_batch_task``).
+    The size bounds a message, and how many tasks one worker's queue may hold back while it hands them on."""
     size = max(1, settings.LOOM_DISPATCH_BATCH)
     for start in range(0, len(task_pks), size):
         batch = task_pks[start : start + size]
@@ -95,15 +96,15 @@ def task_run_task(self: object, task_pk: int) -> None:
 @shared_task(bind=True, ignore_result=True, acks_late=True)
 def task_run_batch_task(self: object, task_pks: list[int]) -> None:
     """Several tasks ready at once (``publish``): this thread runs the first; the others go to this worker's
-    idle threads, and what finds none goes back to the broker one task to a message, for other workers.
-    Acknowledged once this thread is done (``acks_late``): should the worker die first, the batch is
-    delivered again and tasks already claimed are skipped by their claims."""
+    idle threads, and what finds none goes back to the broker, batched again, for other workers. A worker
+    with no thread free takes no message (``local_dispatch`` keeps its prefetch count in step), so a batch
+    only ever lands where at least its first task runs at once. Acknowledged once this thread is done
+    (``acks_late``): should the worker die first, the batch is delivered again and tasks already claimed
+    are skipped by their claims."""
     first, rest = task_pks[0], list(task_pks[1:])
-    spilled = set(local.spill(rest, run=_run_spilled))
-    for task_pk in rest:
-        if task_pk not in spilled:
-            task_run_task.apply_async((task_pk,))
-    with local.busy():
+    with local.busy():  # this thread is taken (by ``first``) before it counts the idle ones
+        spilled = set(local.spill(rest, run=_run_spilled))
+        publish([task_pk for task_pk in rest if task_pk not in spilled])
         run_chain(first, worker=_worker_name(self))
 
 

@@ -231,8 +231,8 @@ LOOM_HEARTBEAT_SECONDS = env.float("LOOM_HEARTBEAT_SECONDS", default=10.0)
 LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
 LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
 # Tasks ready at once that a process cannot run on its own idle threads go to the broker this many to a
-# message (clusters.tasks.publish): a job's start is a few messages, not one per node.
-LOOM_DISPATCH_BATCH = env.int("LOOM_DISPATCH_BATCH", default=16)
+# message (clusters.tasks.publish): a job's start is one or two messages, not one per node.
+LOOM_DISPATCH_BATCH = env.int("LOOM_DISPATCH_BATCH", default=64)
 LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
 LOOM_IDEMPOTENCY_TTL_SECONDS = env.int("LOOM_IDEMPOTENCY_TTL_SECONDS", default=86400)
 LOOM_BUDGET_CACHE_SECONDS = env.float("LOOM_BUDGET_CACHE_SECONDS", default=5.0)
