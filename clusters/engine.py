@@ -595,6 +595,10 @@ def _succeed_postgresql(
     return ready, job_id if done else None
 
 
+_UNFINISHED_SQL = f'SELECT 1 FROM "{Task._meta.db_table}" WHERE job_id = %s AND status = ANY(%s) LIMIT 1'
+_UNFINISHED = [status.value for status in UNFINISHED_TASK_STATUSES]
+
+
 def _complete_if_done(job_pk: int, *, now: datetime) -> None:
     """Complete the job if nothing of it is unfinished; called after a finish that may have been its last
     has committed (the function path takes the job lock shared even for a task without successors).
@@ -603,9 +607,12 @@ def _complete_if_done(job_pk: int, *, now: datetime) -> None:
     still running. Every finish that queued nothing (only such a finish can be a job's last) checks after
     its own commit, so the one that commits last sees all the others ended. Both may find the job done;
     the exclusive lock and ``_settle``'s conditional transition let one complete it. The first query is
-    unlocked and stops at the first unfinished task: most of these checks cost one index probe."""
-    if Task.objects.filter(job_id=job_pk, status__in=UNFINISHED_TASK_STATUSES).exists():
-        return
+    unlocked and stops at the first unfinished task: most of these checks cost one index probe. It is written
+    as SQL: it runs after most finishes, and compiling the ORM query took as long as the finish itself."""
+    with connection.cursor() as cursor:
+        cursor.execute(_UNFINISHED_SQL, [job_pk, _UNFINISHED])
+        if cursor.fetchone() is not None:
+            return
     with transaction.atomic():
         _settle(_lock_job(job_pk), now=now, may_be_done=True)
 

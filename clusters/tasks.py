@@ -28,12 +28,16 @@ def enqueue(ready: list[Ready]) -> None:
     row is not committed. A task the finish claimed for its own worker (``Ready.claimed``) is that worker's to
     run, never published."""
     unclaimed = [item for item in ready if item.claimed is None]
-    now = [item.task_pk for item in unclaimed if not item.countdown]
-    spilled = set(local.spill(now, run=_run_spilled))
-    publish([pk for pk in now if pk not in spilled])
+    _hand_out([item.task_pk for item in unclaimed if not item.countdown])
     for item in unclaimed:
         if item.countdown:
             task_run_task.apply_async((item.task_pk,), countdown=item.countdown)
+
+
+def _hand_out(task_pks: list[int]) -> None:
+    """Tasks that may run at once: to this worker's idle threads, what they cannot take to the broker."""
+    spilled = set(local.spill(task_pks, run=_run_spilled))
+    publish([task_pk for task_pk in task_pks if task_pk not in spilled])
 
 
 def publish(task_pks: list[int]) -> None:
@@ -101,22 +105,23 @@ def task_run_batch_task(self: object, task_pks: list[int]) -> None:
     only ever lands where at least its first task runs at once. Acknowledged once this thread is done
     (``acks_late``): should the worker die first, the batch is delivered again and tasks already claimed
     are skipped by their claims."""
-    first, rest = task_pks[0], list(task_pks[1:])
-    with local.busy():  # this thread is taken (by ``first``) before it counts the idle ones
-        spilled = set(local.spill(rest, run=_run_spilled))
-        publish([task_pk for task_pk in rest if task_pk not in spilled])
-        run_chain(first, worker=_worker_name(self))
+    with local.busy():  # this thread is taken (by the first task) before it counts the idle ones
+        _hand_out(list(task_pks[1:]))
+        run_chain(task_pks[0], worker=_worker_name(self))
 
 
 def _worker_name(task: object) -> str:
+    return _worker_id(getattr(getattr(task, "request", None), "hostname", None) or "local")
+
+
+def _worker_id(hostname: str) -> str:
     """``host/thread``: the attempt's worker id, which the heartbeat and the janitor go by."""
-    hostname = getattr(getattr(task, "request", None), "hostname", None) or "local"
     return f"{hostname}/{threading.current_thread().name}"
 
 
 def _run_spilled(task_pk: int) -> None:
     """What an idle thread of this worker runs for a task spilled to it (``local_dispatch``)."""
-    run_chain(task_pk, worker=f"{local.hostname}/{threading.current_thread().name}")
+    run_chain(task_pk, worker=_worker_id(local.hostname))
 
 
 def run_chain(task_pk: int, *, worker: str) -> None:
