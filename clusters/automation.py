@@ -28,7 +28,9 @@ from providers.automators.base import ActionRequest, Automator, NodeInfo
 from providers.automators.chef_solo import ChefSoloAutomator
 from providers.automators.puppet import PuppetAutomator
 from providers.automators.shell import ShellAutomator
+from providers.catalog_kind import OPERATOR_ONLY_TYPES
 from providers.drivers.base import TerminalError
+from providers.egress import EgressRefused, resolve_checked
 from providers.resources import live_resources
 from providers.ssh import Session, open_session
 
@@ -81,12 +83,24 @@ def automator_types(cluster: Cluster, node: Node) -> set[str]:
 
 
 @contextmanager
-def node_session(node: Node, log: Callable[[str], None], *, timeout: float | None = None) -> Iterator[Session]:
+def node_session(
+    cluster: Cluster, node: Node, log: Callable[[str], None], *, timeout: float | None = None
+) -> Iterator[Session]:
     """A connected session to ``node``; records the host key the first time the node is reached.
-    ``timeout`` bounds each command (default: the SSH layer's, the default task timeout)."""
+    ``timeout`` bounds each command (default: the SSH layer's, the default task timeout).
+
+    The address the driver reported passes the egress policy (resolved once; the session connects to the
+    address checked), unless the cluster's provider type is an operator-only one (lab hosts are the
+    operator's own machines, and only tenants the operator enabled can have such nodes)."""
     address = (node.ip_addresses or {}).get("access_v4")
     if not address:
         raise TerminalError(f"node {node.number} has no access_v4 address to connect to")
+    provider_type = (cluster.provider_version.document or {}).get("providertype")
+    if provider_type not in OPERATOR_ONLY_TYPES:
+        try:
+            address = resolve_checked(str(address), node.ssh_port or 22, what=f"node {node.number} address")
+        except EgressRefused as error:
+            raise TerminalError(error.message) from None
     if not node.credentials_ref:
         raise TerminalError(f"node {node.number} has no SSH credentials (its provider reported none)")
     options = {"command_timeout": float(timeout)} if timeout else {}
@@ -105,7 +119,7 @@ def bootstrap(cluster: Cluster, node: Node) -> str:
     if not over_ssh:
         return "bootstrap: this node's services need nothing on the node\n"
     lines: list[str] = []
-    with node_session(node, lines.append) as session:
+    with node_session(cluster, node, lines.append) as session:
         session.run('mkdir -p "$HOME/.loom" && chmod 700 "$HOME/.loom" && uname -sr', timeout=60)
     return f"bootstrap for {', '.join(over_ssh)}: host key pinned, ~/.loom ready\n" + "\n".join(lines) + "\n"
 
@@ -148,5 +162,5 @@ def service_action_over_ssh(
         resources=live_resources(tenant_id=cluster.tenant_id, plugin_kind="automatortypes", plugin=automator),
         log=live,
     )
-    with node_session(node, live, timeout=timeout) as session:
+    with node_session(cluster, node, live, timeout=timeout) as session:
         return implementation.run(session, request)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import random
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -47,6 +49,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from providers.egress import EgressRefused, check_url_field, resolve_checked, url_host_port
 from providers.secrets import ENCRYPTED, SecretsError, decrypt_json, encrypt_json, redact, register_secrets
 from tenants.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 from tenants.models import NAME_PATTERN, Role, Tenant
@@ -109,6 +112,7 @@ def webhook_check_url(url: Any) -> str:
         raise _invalid("url", "must name a host")
     if parts.username is not None or parts.password is not None:
         raise _invalid("url", "must not contain a user name or password: requests are signed with the secret")
+    check_url_field("url", url)
     return url
 
 
@@ -452,10 +456,46 @@ def _describe(error: BaseException, timeout: float) -> str:
     return redact(f"{type(cause).__name__}: {cause}")[:EXCERPT_BYTES]
 
 
+class _PinnedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Connects to the one address the egress policy checked, not to whatever the host name resolves to
+    when the connection opens (no DNS-rebinding window). The URL's host still goes in the Host header
+    and, for https, in SNI and the certificate check."""
+
+    def __init__(self, address: str) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self.address = address
+
+    def _pinned(self, connection_class: type[http.client.HTTPConnection]) -> Any:
+        def factory(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            connection = connection_class(host, **kwargs)
+            connection._create_connection = lambda target, *args: socket.create_connection(  # type: ignore[attr-defined]
+                (self.address, target[1]), *args
+            )
+            return connection
+
+        return factory
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._pinned(http.client.HTTPConnection), req)
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._pinned(http.client.HTTPSConnection), req, context=self._context)
+
+
 def http_post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> HttpResult:
-    """POST ``body`` to ``url``; never raises for anything the network or the receiver can do."""
+    """POST ``body`` to ``url``; never raises for anything the network or the receiver can do. The host
+    passes the egress policy first (resolved once; the connection goes to the checked address), and no
+    proxy from the environment is used (a proxy would make the connection on Loom's behalf unchecked)."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirects)
+    target = url_host_port(url)
+    try:
+        if target is None:
+            raise EgressRefused(f"url {url!r} names no host")
+        address = resolve_checked(*target, what="url")
+    except EgressRefused as error:
+        return HttpResult(None, "", error.message)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _PinnedHandler(address), _NoRedirects)
     try:
         with opener.open(request, timeout=timeout) as response:
             return HttpResult(response.status, _excerpt(response.read(EXCERPT_BYTES)))

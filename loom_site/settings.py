@@ -277,6 +277,12 @@ LOOM_MAX_CLUSTER_SIZE = env.int("LOOM_MAX_CLUSTER_SIZE", default=10000)
 LOOM_IMPORT_MAX_BYTES = env.int("LOOM_IMPORT_MAX_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LOOM_IMPORT_MAX_BYTES
 
+# The egress policy (providers/egress.py): networks Loom may reach for a tenant although they are private,
+# loopback or link-local (a private cloud's endpoint and hosts: e.g. "10.20.0.0/16,fd00:1::/64"), and more
+# host[:port] entries of the operator's own to refuse (the database, broker and cache are refused always).
+LOOM_EGRESS_ALLOW_NETWORKS = env.list("LOOM_EGRESS_ALLOW_NETWORKS", default=[])
+LOOM_EGRESS_DENY = env.list("LOOM_EGRESS_DENY", default=[])
+
 # Bearer token a Prometheus server may use on /metrics instead of a superuser's token (empty: none).
 LOOM_METRICS_TOKEN = env.str("LOOM_METRICS_TOKEN", default="")
 

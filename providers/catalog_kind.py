@@ -13,9 +13,21 @@ from templates_app import codec
 from templates_app.kinds import CatalogKind, register, reject_nul
 from templates_app.models import CatalogEntity
 from templates_app.plugin_types import registry
-from templates_app.problems import Problems
+from templates_app.problems import Problem, Problems
 
+from .egress import EgressRefused, check_url_field
 from .secrets import ENCRYPTED, decrypt_json, encrypt_json
+
+OPERATOR_ONLY_TYPES = frozenset({"local"})
+"""Provider types whose machines run on Loom's own hosts (``local``: network namespaces on the worker that
+share its filesystem, sessions as root). Only tenants a superuser marked ``operator_providers`` use them."""
+
+
+def is_url_field(name: str) -> bool:
+    """Provider fields that hold an address the worker's driver connects to (``openstack_auth_url``, an
+    ``endpoint``): each passes the egress policy."""
+    return name.endswith("url") or "endpoint" in name
+
 
 Doc = dict[str, Any]
 
@@ -84,6 +96,23 @@ class ProviderKind(CatalogKind):
                 )
         doc["provisioner"] = dict(sorted(clean.items()))
         return doc, problems
+
+    def tenant_problems(self, tenant: Any, doc: Doc) -> list[Problem]:
+        problems = Problems("provider", name=str(doc.get("name") or ""))
+        type_name = doc.get("providertype")
+        if type_name in OPERATOR_ONLY_TYPES and not getattr(tenant, "operator_providers", False):
+            problems.error(
+                "providertype",
+                f"provider type {type_name} runs machines on Loom's own hosts; only tenants the operator "
+                "enables (Tenant.operator_providers, set by a superuser) may use it",
+            )
+        for key, value in (doc.get("provisioner") or {}).items():
+            if is_url_field(key):
+                try:
+                    check_url_field(f"provisioner.{key}", value)
+                except EgressRefused as error:
+                    problems.error(f"provisioner.{key}", error.message.partition(": ")[2] or error.message)
+        return problems.items
 
     @staticmethod
     def _split(doc: Doc) -> tuple[Doc, dict[str, Any]]:

@@ -36,6 +36,7 @@ from tenants.services import audit
 
 from .credentials import SshCredentials, register_resolver
 from .drivers.base import TAG_CLUSTER, MachineSpec, TerminalError, TransientError
+from .egress import EgressRefused, check_host_field
 from .models import PoolHost, Provider
 from .secrets import decrypt_json
 from .ssh import parse_host_key
@@ -153,6 +154,11 @@ def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
             cleaned[name] = result
     if problems:
         raise _invalid(problems)
+    if cleaned.get("address"):
+        try:
+            check_host_field("address", cleaned["address"], cleaned.get("ssh_port") or 22)
+        except EgressRefused as error:
+            raise _invalid({"address": f"refused by the egress policy: {error.message.partition(': ')[2]}"}) from None
     return cleaned
 
 

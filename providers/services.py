@@ -19,7 +19,9 @@ from django.db import transaction
 
 from tenants.services import audit
 
-from .drivers.base import Driver, DriverError, Machine, driver_for
+from .catalog_kind import OPERATOR_ONLY_TYPES, is_url_field
+from .drivers.base import Driver, DriverError, Machine, TerminalError, driver_for
+from .egress import EgressRefused, resolve_checked, url_host_port
 from .models import OrphanSighting, Provider
 from .secrets import decrypt_json
 
@@ -43,12 +45,24 @@ def provider_fields(*, provider: Provider, user_fields: Mapping[str, Any] | None
 
 
 def provider_driver(*, provider: Provider, user_fields: Mapping[str, Any] | None = None) -> Driver:
-    """The driver for ``provider``. Raises ``TerminalError`` for an unknown type or unusable fields."""
-    return driver_for(
-        provider.provider_type,
-        provider_fields(provider=provider, user_fields=user_fields),
-        provider_key=provider_key(provider=provider),
-    )
+    """The driver for ``provider``. Raises ``TerminalError`` for an unknown type or unusable fields, for an
+    operator-only type in a tenant the operator has not enabled (checked here too, not only when the
+    provider is saved: the flag may have been turned off since), and for an endpoint or auth URL the egress
+    policy refuses as it resolves now. (libcloud resolves the name again when it connects: the window
+    between the two is the one place the policy cannot pin the address.)"""
+    if provider.provider_type in OPERATOR_ONLY_TYPES and not provider.tenant.operator_providers:
+        raise TerminalError(
+            f"provider type {provider.provider_type} is operator-only and tenant {provider.tenant.name} is not enabled"
+        )
+    fields = provider_fields(provider=provider, user_fields=user_fields)
+    for name, value in fields.items():
+        target = url_host_port(value) if is_url_field(name) and isinstance(value, str) else None
+        if target is not None:
+            try:
+                resolve_checked(*target, what=f"provider field {name}")
+            except EgressRefused as error:
+                raise TerminalError(error.message) from None
+    return driver_for(provider.provider_type, fields, provider_key=provider_key(provider=provider))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from django.apps import apps
 
 from . import codec
-from .problems import Problems
+from .problems import Problem, Problems
 
 if TYPE_CHECKING:
     from .models import CatalogEntity
@@ -50,6 +50,11 @@ class CatalogKind:
             return {}, problems
         assert self.normalizer is not None, f"{self.key} must override normalize()"
         return self.normalizer(raw)
+
+    def tenant_problems(self, tenant: Any, doc: Doc) -> list[Problem]:
+        """Problems of ``doc`` that depend on the tenant it is saved in (what the tenant may use and
+        reach); none by default. Checked on every save and import, after ``normalize``."""
+        return []
 
     def apply(self, obj: CatalogEntity, doc: Doc) -> None:
         """Store a normalized document on the model instance (not saved)."""

@@ -151,6 +151,8 @@ def catalog_entity_save(
         raise Conflict(f"{kind.label} {lookup} already exists")
     _require_change(user, tenant, existing, kind)
     doc, problems = kind.normalize(data, existing)
+    if not problems.errors:
+        problems.items += kind.tenant_problems(tenant, doc)
     _raise_errors(problems.items)
     view = catalog_view(tenant)
     view[kind.key][doc["name"]] = doc
@@ -247,6 +249,8 @@ def catalog_import(*, tenant: Tenant, user: Any, data: Any, replace: bool = Fals
         for index, raw in enumerate(items):
             name = raw.get("name") if isinstance(raw, dict) else None
             doc, found = kind.normalize(raw, existing[key].get(name) if isinstance(name, str) else None)
+            if not found.errors:
+                found.items += kind.tenant_problems(tenant, doc)
             for problem in found.items:
                 if not problem.name:  # unnamed entity: point at its position in the section
                     problem = Problem(

@@ -49,6 +49,11 @@ class TenantForm(ServiceFormMixin, forms.ModelForm):
     workers = forms.IntegerField(
         min_value=0, initial=10, help_text="Worker budget: tasks of this tenant that may run at once."
     )
+    operator_providers = forms.BooleanField(
+        required=False,
+        label="Operator-only provider types",
+        help_text=Tenant._meta.get_field("operator_providers").help_text,
+    )
 
     class Meta:
         model = Tenant
@@ -60,7 +65,7 @@ class TenantForm(ServiceFormMixin, forms.ModelForm):
         if self.adding:
             return
         del self.fields["name"]
-        for name in ("description", "max_clusters", "max_nodes", "workers"):
+        for name in ("description", "max_clusters", "max_nodes", "workers", "operator_providers"):
             self.initial.setdefault(name, getattr(self.instance, name))
 
     def persist(self) -> Tenant:
@@ -73,6 +78,7 @@ class TenantForm(ServiceFormMixin, forms.ModelForm):
             max_clusters=data.get("max_clusters"),
             max_nodes=data.get("max_nodes"),
             workers=data["workers"],
+            operator_providers=bool(data.get("operator_providers")),
         )
 
     def handle_service_error(self, error: Any) -> None:
@@ -95,6 +101,8 @@ class TenantAdmin(RestrictedAdminMixin, ServiceBackedAdminMixin, admin.ModelAdmi
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
         quotas = ("Quotas", {"fields": [("max_clusters", "max_nodes"), "workers"]})
+        if is_platform_admin(request):  # the only ones who may change it (tenant_save checks too)
+            quotas = ("Quotas and trust", {"fields": [("max_clusters", "max_nodes"), "workers", "operator_providers"]})
         if obj is None:
             return [(None, {"fields": ["name", "description"]}), quotas]
         return [(None, {"fields": ["name", "description", "created_at"]}), quotas]

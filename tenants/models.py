@@ -39,6 +39,14 @@ class Tenant(models.Model):
     workers = models.PositiveIntegerField(
         default=10, help_text="Worker budget: tasks of this tenant that may run at once."
     )
+    operator_providers = models.BooleanField(
+        default=False,
+        help_text=(
+            "May use provider types whose machines run on Loom's own hosts (local lab hosts share the worker's "
+            "filesystem). Only superusers change it; never give it to a tenant whose admins you do not trust "
+            "with root on the worker."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -33,6 +33,7 @@ def _tenant_fields(tenant: Tenant) -> dict[str, Any]:
         "max_clusters": tenant.max_clusters,
         "max_nodes": tenant.max_nodes,
         "workers": tenant.workers,
+        "operator_providers": tenant.operator_providers,
     }
 
 

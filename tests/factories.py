@@ -37,3 +37,11 @@ def member(tenant: Tenant, role: str = Role.USER, **kwargs: object) -> object:
     user.save()
     MembershipFactory(user=user, tenant=tenant, role=role)
     return user
+
+
+def enable_operator_providers(tenant: Tenant) -> Tenant:
+    """What a superuser does for a tenant that may use operator-only provider types (the starter catalog's
+    ``lab`` provider is ``local``: lab hosts on this machine)."""
+    Tenant.objects.filter(pk=tenant.pk).update(operator_providers=True)
+    tenant.operator_providers = True
+    return tenant

@@ -15,3 +15,7 @@ CELERY_TASK_ALWAYS_EAGER = True
 # Tests change budgets and dispatch at once; production caches the budget for a few seconds.
 LOOM_BUDGET_CACHE_SECONDS = 0
 LOOM_INLINE_WAIT_SECONDS = 0  # in-process tests see every "still booting" as a release; one test turns it on
+# The egress policy (providers/egress.py) refuses loopback and private ranges by default; the suite's own
+# receivers (127.0.0.0/8) and lab hosts (10.0.0.0/8 bridges) are allow-listed here, explicitly. The database,
+# broker and cache endpoints stay refused whatever is allowed. tests/security sets the production default.
+LOOM_EGRESS_ALLOW_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8"]

@@ -42,6 +42,7 @@ from datetime import timedelta
 from typing import Any
 
 from providers import pool
+from providers.egress import EgressRefused, resolve_checked
 from providers.models import PoolHost
 from providers.secrets import register_secrets
 from providers.ssh import DEFAULT_CONNECT_TIMEOUT_S, KILL_GRACE_S, LineCallback, Session
@@ -162,8 +163,12 @@ class StaticDriver:
     def _session(self, host: PoolHost, *, command_timeout: float, on_line: LineCallback | None = None) -> Session:
         if not self._private_key.strip():
             raise TerminalError("static provider field ssh_private_key is empty: pool hosts cannot be reached")
+        try:  # checked again as it resolves now (a host saved before the policy, or a name that moved)
+            address = resolve_checked(host.address, host.ssh_port, what=f"pool host {host.address}")
+        except EgressRefused as error:
+            raise TerminalError(error.message) from None
         return Session(
-            host.address,
+            address,
             user=pool.effective_user(host, self.ssh_user),
             private_key=self._private_key,
             port=host.ssh_port,

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from clusters.services.preview import PreviewRequest, cluster_preview
 from providers.models import PluginResource
 from providers.resources import live_resources
+from tests.factories import enable_operator_providers
 
 pytestmark = pytest.mark.django_db
 
@@ -19,10 +20,12 @@ STARTER = Path(__file__).resolve().parents[2] / "catalogs" / "starter"
 
 
 def test_the_starter_catalog_imports_with_its_scripts_live(tenant_a, capsys):
+    enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, "--resources")
     scripts = {r.name for r in live_resources(tenant_id=tenant_a.pk, plugin_kind="automatortypes", plugin="shell")}
     assert scripts == {"base.sh", "nginx.sh", "haproxy.sh", "redis.sh"}
     capsys.readouterr()  # the first import's report
+    enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, "--resources")
     output = capsys.readouterr().out
     unchanged = next(line for line in output.splitlines() if line.startswith("unchanged resources"))
@@ -34,6 +37,7 @@ def test_the_starter_catalog_imports_with_its_scripts_live(tenant_a, capsys):
 
 @pytest.mark.parametrize("size", [3, 4, 6])
 def test_web_cluster_has_one_balancer_one_cache_and_the_rest_web_nodes(tenant_a, admin_a, size):
+    enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name)
     preview = cluster_preview(user=admin_a, tenant=tenant_a, request=PreviewRequest("web", "web-cluster", size))
     roles = Counter(frozenset(node.services) - {"base"} for node in preview.nodes)

@@ -19,6 +19,7 @@ from providers.lab import Lab
 from providers.models import Provider
 from tenants.models import Tenant
 from tests.clusters.workers import WorkerPool
+from tests.factories import enable_operator_providers
 from tests.lab.fixtures import require_lab
 
 from .helpers import LAB_PROVIDER, STARTER, lab_driver, use_test_network
@@ -31,6 +32,7 @@ def starter(tenant_a: Tenant) -> Tenant:
     require_lab()
     Lab().reap_abandoned()  # what a killed earlier run left, once its data folder (and key) is gone
     output = io.StringIO()
+    enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, "--resources", stdout=output)
     assert f"imported {STARTER} into tenant {tenant_a.name}" in output.getvalue()
     use_test_network(tenant_a)

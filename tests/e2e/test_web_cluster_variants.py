@@ -17,6 +17,7 @@ from clusters.models import Cluster, Job, Node, Task, TaskAttempt
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest, cluster_preview
 from tests.clusters.workers import WorkerPool, run_to_completion
+from tests.factories import enable_operator_providers
 
 from .helpers import (
     STARTER,
@@ -53,6 +54,7 @@ def completed(job: Job, workers: WorkerPool) -> None:
 
 @pytest.mark.parametrize("tool", ["ansible", "puppet"])
 def test_the_variant_lays_out_like_web_cluster(tool, tenant_a, admin_a) -> None:
+    enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, stdout=None)
     for size in (3, 6):
         preview = cluster_preview(

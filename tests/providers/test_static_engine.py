@@ -21,6 +21,7 @@ from templates_app.services import catalog_import
 from tenants.models import Tenant
 from tests.clusters.workers import WorkerPool, run_to_completion
 from tests.e2e.helpers import STARTER, node_shell, wait_for_worker
+from tests.factories import enable_operator_providers
 from tests.lab.fixtures import LabHosts
 from tests.providers.test_static_pool_api import static_provider
 
@@ -50,6 +51,7 @@ def pool_catalog(tenant: Tenant, lab: LabHosts) -> Provider:
     """The starter catalog, a ``pool`` provider whose hosts are two lab hosts, the starter's hardware and
     image types mapped for it (the pool ignores flavor and image; the image's SSH user does not apply either),
     and a template of ``base`` nodes on it."""
+    enable_operator_providers(tenant)
     call_command("import_catalog", str(STARTER), "--tenant", tenant.name, "--resources", stdout=io.StringIO())
     provider = static_provider(tenant, ssh_private_key=lab.driver.keypair.path.read_text(), cleanup_script=CLEANUP)
     starter = read_catalog_dir(STARTER)

@@ -157,6 +157,9 @@ class Command(BaseCommand):
             if lab is None:
                 description = "Real clusters on lab hosts of this machine (starter catalog; needs root)"
                 lab = tenant_save(actor=None, name=LAB_TENANT, create=True, description=description)
+            if not lab.operator_providers:  # its lab hosts run on this machine: the operator's own choice
+                Tenant.objects.filter(pk=lab.pk).update(operator_providers=True)
+                lab.operator_providers = True
                 self.stdout.write(f"created tenant {LAB_TENANT}")
             self._ensure_account(lab, "admin", passwords["admin"], superuser=True, role=Role.ADMIN)
         try:
