@@ -111,7 +111,7 @@ class ProviderKind(CatalogKind):
                 try:
                     check_url_field(f"provisioner.{key}", value)
                 except EgressRefused as error:
-                    problems.error(f"provisioner.{key}", error.message.partition(": ")[2] or error.message)
+                    problems.error(f"provisioner.{key}", error.fields[f"provisioner.{key}"][0])
         return problems.items
 
     @staticmethod
