@@ -4,8 +4,8 @@
     python bench/ssh_fanout.py --quick      # 10 lab hosts, 1 round, to check that it works
     python bench/ssh_fanout.py --hosts 30 --rounds 5
 
-Needs root (lab hosts are network namespaces with their own sshd, ``providers/lab.py``) and ansible-core (a
-requirement of Loom's). Nothing else: no database, no broker.
+Needs root (lab hosts are network namespaces with their own sshd, ``providers/lab.py``) and ansible-core (in
+requirements-dev.txt, for the comparison only). Nothing else: no database, no broker.
 
 What runs. N lab hosts are brought up on a bridge and /24 of this run's own (the ``local`` provider's driver,
 owned by this process, so a later run reaps them if this one dies), and each host's key is pinned as a
@@ -196,7 +196,7 @@ def ansible_round(hosts: Sequence[Host], key: str, folder: Path) -> float:
     if not executable.exists():
         found = shutil.which("ansible")
         if found is None:
-            raise HarnessError("ansible is not installed: pip install -r requirements.txt (ansible-core)")
+            raise HarnessError("ansible is not installed: pip install -r requirements-dev.txt (ansible-core)")
         executable = Path(found)
     inventory = ansible_files(hosts, key, folder)
     command = [str(executable), "all", "-i", str(inventory), "-f", str(len(hosts)), "-m", "ansible.builtin.shell",

@@ -12,7 +12,8 @@ killed on the node when it passes, so a task the janitor times out does not keep
 retry starts a second copy.
 
 ``bootstrap`` is the BOOTSTRAP action: for a node whose services use an SSH automator it connects once
-(pinning the host key) and prepares ``~/.loom``; nodes running only ``noop`` services need nothing.
+(pinning the host key) and prepares ``~/.loom``, and installs ansible-core on nodes whose services use the
+ansible automator (it runs there); nodes running only ``noop`` services need nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from providers.automators.ansible import AnsibleAutomator
+from providers.automators.ansible import AnsibleAutomator, ensure_ansible
 from providers.automators.base import ActionRequest, Automator, NodeInfo
 from providers.automators.chef_solo import ChefSoloAutomator
 from providers.automators.puppet import PuppetAutomator
@@ -120,7 +121,10 @@ def bootstrap(cluster: Cluster, node: Node) -> str:
         return "bootstrap: this node's services need nothing on the node\n"
     lines: list[str] = []
     with node_session(cluster, node, lines.append) as session:
-        session.run('mkdir -p "$HOME/.loom" && chmod 700 "$HOME/.loom" && uname -sr', timeout=60)
+        ready = session.run('mkdir -p "$HOME/.loom" && chmod 700 "$HOME/.loom" && uname -sr && printf %s "$HOME"',
+                            timeout=60)  # fmt: skip
+        if "ansible" in over_ssh:  # ansible-playbook runs on the node: the tool must be there
+            ensure_ansible(session, ready.stdout.splitlines()[-1].strip())
     return f"bootstrap for {', '.join(over_ssh)}: host key pinned, ~/.loom ready\n" + "\n".join(lines) + "\n"
 
 

@@ -315,12 +315,6 @@ class Session:
         return f"<Session {self.where}{' connected' if self.connected else ''}>"
 
     @property
-    def private_key(self) -> str:
-        """The private key text, for automators that log in with another SSH client (ansible): write it to a
-        0600 file for the run only, never to a log (it is registered with the redactor)."""
-        return self._private_key
-
-    @property
     def first_contact(self) -> bool:
         """True when no host key was pinned, so ``host_key`` is what the caller should now record."""
         return self._pinned is None

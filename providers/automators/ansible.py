@@ -1,110 +1,124 @@
-"""The ``ansible`` automator: ``ansible-playbook`` on the worker, against the one node of the task.
+"""The ``ansible`` automator: ``ansible-playbook`` on the node, against the node itself (connection local).
 
-Push from the worker, nothing installed on the node but Python 3 (which Ansible needs there). Per action:
+Ansible evaluates everything it is given: Jinja expressions, lookups (``lookup('pipe', ...)``), filter,
+lookup, callback and module plugins shipped inside roles, ``delegate_to: localhost``, ``local_action``.
+All of that is tenant content, so none of it may run on a worker (whose data folder holds the key that
+decrypts every tenant's secrets). Like Puppet and Chef-solo, the run happens where the tenant's content is
+allowed to act: on the tenant's node. "localhost" in a play is the node. Per action, over one SSH session:
 
-1. The plugin's live ``playbooks`` and ``roles`` archives are unpacked into a private temporary folder
-   (0700) on the worker: ``playbooks/<name>/...``, ``roles/<name>/...``; every ``roles/<name>`` folder is
-   on the roles path. The ``playbook`` field names a file inside a playbooks archive (``web.yml``, or
-   ``site/web.yml`` with the archive's name); without one, the ``role`` field is applied by a one-play
-   playbook written for it.
-2. An inventory of that one node: its address and port, the SSH user, the private key of its credentials
-   written to a 0600 file, and ``become`` through sudo when the user is not root. The node's host key, as
-   pinned by Loom (the session given to the automator verified it), is the only entry of a known_hosts
-   file, and OpenSSH runs with ``StrictHostKeyChecking=yes``: Ansible never trusts a key Loom did not pin.
-   The host is in the group ``all`` and in one group per service of the node (``-`` becomes ``_``).
-3. Extra vars (a 0600 JSON file, since the config may hold secrets): ``loom``, the task as the shell
-   automator's ``LOOM_TASK`` has it (cluster, service, action, fields, config, node, nodes; the ``extra_vars``
-   field deep-merged over ``config``), plus ``loom_home`` (the SSH user's home on the node) and the
-   ``loom_*`` counterparts of the shell automator's variables (``loom_bind_v4``, ``loom_hostname``, ...).
-   Everything sits under ``loom*`` names: ``action`` and friends are reserved words in Ansible.
-4. ``ansible-playbook`` runs with a generated ``ansible.cfg`` and a clean environment (nothing of the
-   worker's, its secrets included, reaches it); its output is streamed, redacted, to the task's log.
+1. The live ``playbooks`` and ``roles`` archives are brought up to date under ``~/.loom/ansible`` the way
+   the shell automator syncs its resources (only what changed is uploaded, unpacked on the node):
+   ``playbooks/<name>/...``, ``roles/<name>/...``; every ``roles/<name>`` folder is on the roles path. The
+   ``playbook`` field names a file inside a playbooks archive (``web.yml``, or ``site/web.yml`` with the
+   archive's name); without one, the ``role`` field is applied by a one-play playbook written for it.
+2. An inventory of the node alone, ``ansible_connection: local``, in the group ``all`` and in one group per
+   service of the node (``-`` becomes ``_``), and an ``ansible.cfg`` keeping every folder Ansible writes
+   under ``~/.loom/ansible``. Both change only with the node's services, so they are uploaded once.
+3. Extra vars (``~/.loom/tasks/<service>.<action>.vars.json``, 0600: the config may hold secrets): ``loom``,
+   the task as the shell automator's ``LOOM_TASK`` has it (the ``extra_vars`` field deep-merged over
+   ``config``), ``loom_home`` (the SSH user's home) and the ``loom_*`` counterparts of the shell automator's
+   variables (``loom_bind_v4``, ``loom_hostname``, ...). Everything sits under ``loom*`` names: ``action``
+   and friends are reserved words in Ansible.
+4. ``ansible-playbook`` runs on the node, as root (``sudo -n`` when the SSH user is not), found in
+   ``~/.loom/ansible/venv`` (a pinned ansible-core the bootstrap may install) or else on the node's
+   ``PATH`` (the distribution's ``ansible-core``). Its output streams to the task's log through the session.
 
-Exit status 0 is success. An unreachable node (status 4) is transient unless the SSH layer refused the
-host key or the credentials, which retrying cannot fix; any other failure is terminal, with the output's
-tail. The temporary folder, key included, is removed when the action ends, whatever happened. Each Ansible
-task opens its own SSH connection (pipelining keeps it to one per task): a ControlMaster connection would
-outlive the action, and its socket path can pass the Unix socket length limit in a deep temporary folder.
+Exit status 0 is success; 127 means ansible-core is not on the node; anything else is a terminal failure
+carrying the output's tail. The worker only copies bytes: it never unpacks, templates or runs any of it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shlex
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-from collections import deque
-from pathlib import Path
-from typing import Any, Protocol
 
-from providers.drivers.base import TerminalError, TransientError
-from providers.secrets import redact
+from providers.drivers.base import TerminalError
 
-from .base import ActionRequest, Remote
-from .helpers import archive_names, deep_merge, json_object_field, locate, safe_relative_path, task_document, unpack
-from .shell import ScriptFailed, ScriptFailedTransient, remote_home
+from .base import REMOTE_ROOT, ActionRequest, Remote
+from .helpers import archive_names, deep_merge, json_object_field, locate, safe_relative_path, task_document
+from .shell import ScriptFailed, prepare, sync_resources
 
-PLAYBOOK_COMMAND = "ansible-playbook"
 ANSIBLE_REQUIREMENT = "ansible-core==2.19.14"
-DEFAULT_TIMEOUT_S = 1800.0
+"""What the bootstrap installs into ``~/.loom/ansible/venv`` on a node without the distribution's package."""
+VENV = "venv"
+"""Under ``~/.loom/ansible``: the node's own ansible-core, preferred over one on ``PATH``."""
+NOT_INSTALLED = 127
 TAIL_CHARS = 1500
-UNREACHABLE = 4
-SSH_CONNECT_TIMEOUT_S = 10
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FOLDERS = ("playbooks", "roles", "generated", "tmp", "local")
 _GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
-# What OpenSSH (through Ansible) prints when the node is not the one Loom pinned, or refuses the key:
-# retrying cannot change either, so these are terminal even though Ansible calls the host "unreachable".
-_REFUSED = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED", "Permission denied (publickey")
+_NO_HOST = re.compile(r"skipping: no hosts matched|Could not match supplied host pattern")
+_quote = shlex.quote
 
 
-class PushRemote(Remote, Protocol):
-    """What a push automator needs of the session besides running commands: where the node is and how to
-    log in there with another SSH client (``providers.ssh.Session`` has all of it)."""
-
-    host: str
-    port: int
-    host_key: str | None
-    command_timeout: float
-
-    @property
-    def private_key(self) -> str: ...
+def inventory(request: ActionRequest) -> dict[str, object]:
+    """Ansible's JSON inventory of the node alone: connection local, one group per service."""
+    name = request.node.hostname or f"node{request.node.number}"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": "auto_silent"}
+    groups = {group: {"hosts": {name: None}} for group in groups_of(request)}
+    return {"all": {"hosts": {name: host}, "children": groups}}
 
 
-def ansible_playbook() -> str:
-    """The ``ansible-playbook`` of this worker's Python environment (ansible-core is a requirement of
-    Loom's), else the first on ``PATH``; a terminal error saying what to install when there is none."""
-    beside = Path(sys.executable).parent / PLAYBOOK_COMMAND
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(PLAYBOOK_COMMAND)
-    if found:
-        return found
-    raise TerminalError(f"ansible-playbook is not installed on this worker: pip install {ANSIBLE_REQUIREMENT}")
+def ansible_config(root: str, roles: list[str]) -> str:
+    """``ansible.cfg`` for a run under ``root`` (``~/.loom/ansible`` on the node): every folder Ansible
+    writes is there, so two nodes sharing a machine never share state."""
+    roles_path = ":".join(f"{root}/roles/{name}" for name in roles)
+    lines = [
+        "[defaults]",
+        "retry_files_enabled = False",
+        "interpreter_python = auto_silent",
+        f"remote_tmp = {root}/tmp",
+        f"local_tmp = {root}/local",
+        f"roles_path = {roles_path}",
+        "nocows = True",
+        "deprecation_warnings = False",
+        "",
+    ]
+    return "\n".join(lines)
 
 
-def known_hosts_line(host: str, port: int, host_key: str) -> str:
-    """The known_hosts entry pinning ``host_key`` (``type base64``) for ``host:port``."""
-    key_type, _, rest = host_key.strip().partition(" ")
-    blob = rest.split()[0] if rest.split() else ""
-    if not key_type or not blob:
-        raise TerminalError(f"the node's pinned host key {host_key[:40]!r} is not an OpenSSH public key line")
-    name = host if port == 22 else f"[{host}]:{port}"
-    return f"{name} {key_type} {blob}\n"
+ENSURE_SCRIPT = """\
+venv=$1 requirement=$2
+if [ -x "$venv/bin/ansible-playbook" ]; then echo "ansible-core: present in $venv"; exit 0; fi
+found=$(command -v ansible-playbook) && { echo "ansible-core: present ($found)"; exit 0; }
+if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    install() { apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends ansible-core </dev/null; }
+    install || { apt-get -o DPkg::Lock::Timeout=300 update -q </dev/null && install; }
+    if command -v ansible-playbook >/dev/null; then echo "ansible-core: installed from the distribution"; exit 0; fi
+fi
+if python3 -m venv "$venv" && "$venv/bin/pip" install -q "$requirement"; then
+    echo "ansible-core: installed into $venv"
+    exit 0
+fi
+echo "cannot install ansible-core on the node: no apt-get package, and no python3 venv with pip" >&2
+exit 1
+"""
+"""The bootstrap's script making sure ``ansible-playbook`` is on the node (as root): nothing when it is there
+(the node's own venv, or on ``PATH``); else the distribution's ``ansible-core`` through apt-get; else a venv
+under ``~/.loom/ansible`` with the pinned ``ANSIBLE_REQUIREMENT`` from PyPI."""
 
 
-def _write(path: Path, text: str, mode: int = 0o600) -> Path:
-    """Write a private file: created with ``mode`` from the start, so a key is never readable by others."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    return path
+def ensure_script(home: str) -> str:
+    """``ENSURE_SCRIPT`` as one command for the node, with the venv of the SSH user whose home is ``home``."""
+    venv = f"{home}/{REMOTE_ROOT}/ansible/{VENV}"
+    return f"sh -c {_quote(ENSURE_SCRIPT)} ensure {_quote(venv)} {_quote(ANSIBLE_REQUIREMENT)}"
+
+
+def ensure_ansible(remote: Remote, home: str, *, timeout: float = 900.0) -> str:
+    """Run ``ensure_script`` on the node (as root); its output, or a terminal error with the output's tail."""
+    result = remote.run(ensure_script(home), sudo=remote.user != "root", timeout=timeout, check=False)
+    if result.exit_status != 0:
+        raise ScriptFailed(
+            f"installing ansible-core on the node failed with exit status {result.exit_status}: "
+            f"{result.output[-TAIL_CHARS:]}",
+            output=result.output,
+        )
+    return result.output
+
+
+def groups_of(request: ActionRequest) -> list[str]:
+    return sorted({_GROUP_CHARS.sub("_", service) for service in request.node.services})
 
 
 class AnsibleAutomator:
@@ -118,161 +132,51 @@ class AnsibleAutomator:
             safe_relative_path(role, what="role")
         extra = json_object_field(request, "extra_vars")
         tags = ",".join(tag.strip() for tag in str(request.fields.get("tags") or "").split(",") if tag.strip())
-        push = _push_remote(remote, request)
-        executable = ansible_playbook()
-        home = remote_home(remote)
-        with tempfile.TemporaryDirectory(prefix="loom-ansible-") as folder:
-            work = Path(folder)
-            target = self._prepare(work, push, request, located=located, role=role, extra=extra, home=home)
-            command = [executable, "-i", str(work / "inventory.json"), "-e", f"@{work / 'vars.json'}"]
-            command += ["--tags", tags] if tags else []
-            command.append(str(target))
-            status, output = _stream(command, work, request, timeout=push.command_timeout or DEFAULT_TIMEOUT_S)
-        header = f"$ ansible-playbook {playbook or f'(role {role})'}" + (f" --tags {tags}" if tags else "") + "\n"
-        if status == 0:
-            if re.search(r"skipping: no hosts matched|Could not match supplied host pattern", output):
-                raise ScriptFailed(
-                    f"{playbook or role} matched no host: its plays must target 'all' or a group of the node "
-                    f"({', '.join(_groups(request))})",
-                    output=header + output,
-                )
-            return header + output
-        message = f"ansible-playbook {playbook or role} exited with status {status}: {output[-TAIL_CHARS:]}"
-        if status == UNREACHABLE and not any(sign in output for sign in _REFUSED):
-            raise ScriptFailedTransient(message, output=header + output)
-        raise ScriptFailed(message, output=header + output)
-
-    def _prepare(
-        self,
-        work: Path,
-        remote: PushRemote,
-        request: ActionRequest,
-        *,
-        located: tuple[str, str] | None,
-        role: str,
-        extra: dict[str, Any],
-        home: str,
-    ) -> Path:
-        """Write everything ``ansible-playbook`` reads into ``work``; returns the playbook to run (``located``
-        in the playbooks archives, or one written to apply ``role``)."""
-        for resource in request.resources:
-            if resource.format == "archive" and resource.resource_type in ("playbooks", "roles"):
-                unpack(resource, work / resource.resource_type / resource.name)
-        if located is not None:
-            target = work / "playbooks" / located[0] / located[1]
-        else:
-            target = _write(work / "role.json", json.dumps([{"hosts": "all", "roles": [{"role": role}]}]))
-        (work / "local").mkdir()
-        key = _write(work / "id_node", remote.private_key.rstrip("\n") + "\n")  # OpenSSH wants the final newline
-        known_hosts = _write(work / "known_hosts", known_hosts_line(remote.host, remote.port, remote.host_key or ""))
-        host = {
-            "ansible_host": remote.host,
-            "ansible_port": remote.port,
-            "ansible_user": remote.user,
-            "ansible_ssh_private_key_file": str(key),
-            "ansible_python_interpreter": "auto_silent",
+        home, present = prepare(remote, "ansible", FOLDERS)
+        base = f"{home}/{REMOTE_ROOT}"
+        root = f"{base}/ansible"
+        action = f"{request.service}.{request.action}"
+        files: dict[str, tuple[bytes, int]] = {
+            "generated/inventory.json": (json.dumps(inventory(request), indent=1).encode(), 0o600),
+            "generated/ansible.cfg": (ansible_config(root, archive_names(request, "roles")).encode(), 0o600),
         }
-        if remote.user != "root":
-            host |= {"ansible_become": True, "ansible_become_method": "sudo"}
-        name = request.node.hostname or f"node{request.node.number}"
-        groups = {group: {"hosts": {name: None}} for group in _groups(request)}
-        inventory = {"all": {"hosts": {name: host}, "children": groups}}
-        _write(work / "inventory.json", json.dumps(inventory, indent=1))
+        if located is not None:
+            target = f"{root}/playbooks/{located[0]}/{located[1]}"
+        else:
+            target = f"{root}/generated/{action}.role.json"
+            play = [{"hosts": "all", "roles": [{"role": role}]}]
+            files[f"generated/{action}.role.json"] = (json.dumps(play).encode(), 0o600)
+        uploaded = sync_resources(remote, request, root, present, files=files)
         task = task_document(request)
         task["config"] = deep_merge(task["config"], extra)
         variables = {"loom": task, "loom_home": home, **{k.lower(): v for k, v in request.environment.items()}}
-        _write(work / "vars.json", json.dumps(variables, sort_keys=True))
-        ssh_args = " ".join(
-            [
-                "-o ControlMaster=no -o ControlPath=none",
-                f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o GlobalKnownHostsFile=/dev/null",
-                "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes",
-                f"-o ConnectTimeout={SSH_CONNECT_TIMEOUT_S} -o ServerAliveInterval=30",
-            ]
+        vars_file = f"{base}/tasks/{action}.vars.json"
+        remote.upload(json.dumps(variables, sort_keys=True).encode(), vars_file, mode=0o600)
+        arguments = f"-i {_quote(f'{root}/generated/inventory.json')} -e {_quote('@' + vars_file)}"
+        arguments += f" --tags {_quote(tags)}" if tags else ""
+        venv = f"{root}/{VENV}/bin/ansible-playbook"
+        script = (
+            f"if [ -x {_quote(venv)} ]; then run={_quote(venv)}; "
+            "elif command -v ansible-playbook >/dev/null; then run=ansible-playbook; "
+            f"else echo 'ansible-core is not installed on the node (apt-get install ansible-core, or "
+            f"pip install {ANSIBLE_REQUIREMENT} into {root}/{VENV})' >&2; exit {NOT_INSTALLED}; fi; "
+            f'cd {_quote(root)} && exec "$run" {arguments} {_quote(target)}'
         )
-        roles_path = ":".join(str(work / "roles" / archive) for archive in archive_names(request, "roles"))
-        config = [
-            "[defaults]",
-            "host_key_checking = True",
-            "retry_files_enabled = False",
-            "interpreter_python = auto_silent",
-            "remote_tmp = ~/.loom/ansible/tmp",
-            f"local_tmp = {work / 'local'}",
-            f"roles_path = {roles_path}",
-            "nocows = True",
-            "deprecation_warnings = False",
-            "[ssh_connection]",
-            "pipelining = True",
-            f"ssh_args = {ssh_args}",
-            "",
-        ]
-        _write(work / "ansible.cfg", "\n".join(config))
-        return target
-
-
-def _push_remote(remote: Remote, request: ActionRequest) -> PushRemote:
-    """``remote`` as a ``PushRemote``, or a terminal error: the session must say where the node is and what
-    its pinned host key is (a session that has connected knows both)."""
-    missing = [name for name in ("host", "port", "host_key", "private_key") if not getattr(remote, name, None)]
-    if missing:
-        raise TerminalError(
-            f"{request.service}.{request.action}: the ansible automator needs the node's address, port, host key "
-            f"and credentials from its SSH session; missing: {', '.join(missing)}"
-        )
-    return remote  # type: ignore[return-value]
-
-
-def _groups(request: ActionRequest) -> list[str]:
-    return sorted({_GROUP_CHARS.sub("_", service) for service in request.node.services})
-
-
-def _stream(command: list[str], work: Path, request: ActionRequest, *, timeout: float) -> tuple[int, str]:
-    """Run ``command`` in ``work`` with a clean environment, handing each output line (redacted) to the
-    request's log as it comes; kill it (and the ssh processes it started) after ``timeout`` seconds."""
-    environment = {
-        "PATH": f"{Path(sys.executable).parent}:{_PATH}",
-        "HOME": str(work),
-        "LANG": "C.UTF-8",
-        "ANSIBLE_CONFIG": str(work / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    process = subprocess.Popen(
-        command,
-        cwd=work,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    expired = threading.Event()
-
-    def kill() -> None:
-        expired.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-    timer = threading.Timer(timeout, kill)
-    timer.daemon = True
-    timer.start()
-    lines: deque[str] = deque(maxlen=5000)
-    try:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = redact(raw.rstrip("\n"))
-            lines.append(line)
-            request.log(line)
-        status = process.wait()
-    finally:
-        timer.cancel()
-        if process.poll() is None:
-            kill()
-            process.wait()
-    output = "\n".join(lines) + "\n"
-    if expired.is_set():
-        raise TransientError(f"ansible-playbook did not finish within {timeout:g} s: {output[-TAIL_CHARS:]}")
-    return status, output
+        environment = {"ANSIBLE_CONFIG": f"{root}/generated/ansible.cfg", "ANSIBLE_NOCOLOR": "1",
+                       "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        result = remote.run(script, env=environment, sudo=remote.user != "root", check=False)
+        shown = playbook or f"(role {role})"
+        header = f"$ ansible-playbook {shown}" + (f" --tags {tags}" if tags else "")
+        header += (f"  (uploaded: {', '.join(uploaded)})" if uploaded else "") + "\n"
+        output = header + result.output
+        if result.exit_status == 0:
+            if _NO_HOST.search(result.output):
+                raise ScriptFailed(
+                    f"{playbook or role} matched no host: its plays must target 'all', 'localhost' or a group "
+                    f"of the node ({', '.join(groups_of(request))})",
+                    output=output,
+                )
+            return output
+        reason = " (ansible-core is not installed on the node)" if result.exit_status == NOT_INSTALLED else ""
+        message = f"ansible-playbook {playbook or role} exited with status {result.exit_status}{reason}: "
+        raise ScriptFailed(message + result.output[-TAIL_CHARS:], output=output)

@@ -16,7 +16,7 @@ import tarfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from providers.drivers.base import TerminalError
@@ -105,21 +105,3 @@ def locate(resources: Sequence[LiveResource], resource_type: str, path: str, *, 
         raise TerminalError(f"{what} {path!r} is in no live {resource_type} archive (live {resource_type}: {names})")
     choices = ", ".join(f"{name}/{inside}" for name, inside in sorted(found))
     raise TerminalError(f"{what} {path!r} is in several live {resource_type} archives: name one of {choices}")
-
-
-def unpack(resource: LiveResource, target: Path) -> None:
-    """Unpack an archive resource into ``target`` on this machine (the worker). Uploads were checked for
-    unsafe members already; the ``data`` filter refuses them again rather than trusting that."""
-    target.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO(resource.content)
-    try:
-        if zipfile.is_zipfile(buffer):
-            with zipfile.ZipFile(buffer) as archive:
-                for name in archive.namelist():
-                    safe_relative_path(name, what=f"member of archive {resource.name}")
-                archive.extractall(target)
-        else:
-            with tarfile.open(fileobj=io.BytesIO(resource.content), mode="r:*") as archive:
-                archive.extractall(target, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
-        raise TerminalError(f"{resource.resource_type} archive {resource.name} cannot be unpacked: {error}") from None

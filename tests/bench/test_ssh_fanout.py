@@ -1,5 +1,5 @@
 """``bench/ssh_fanout.py`` keeps working: run in ``--quick`` mode as a user would start it (as root, on lab
-hosts of its own, with ansible-core from the requirements), it prints both times and their ratio.
+hosts of its own, with ansible-core from requirements-dev.txt), it prints both times and their ratio.
 
 No timing is asserted (the machine is shared): a missed goal only makes the exit code 1, which is accepted.
 What must hold is that the run completes (never a harness error, exit 2, or a traceback), that every host

@@ -1,6 +1,6 @@
 """The starter catalog's ``web-cluster-ansible`` and ``web-cluster-puppet`` pass the check ``web-cluster`` (shell)
 passes in ``test_web_cluster.py``: created on lab hosts through the engine by a real worker, with every service
-action carried out by ``ansible-playbook`` on the worker or ``puppet apply`` on the node, the balancer answers
+action carried out on the node by ``ansible-playbook`` (connection local) or ``puppet apply``, the balancer answers
 from every web node, the cache answers, every node knows every other by name; a changed config reaches the web
 nodes through the same automator; and a delete leaves no namespace, veth link, sshd or service process."""
 

@@ -1,22 +1,21 @@
-"""The ansible automator against real lab hosts: ``ansible-playbook`` (ansible-core, a requirement of Loom's)
-runs on this machine, as on a worker, and reaches the host over OpenSSH with the host key Loom pinned."""
+"""The ansible automator against real lab hosts: ``ansible-playbook`` (Debian's ansible-core on the lab hosts)
+runs on the node itself, connection local, with the playbooks, roles and the task's variables shipped there
+over the node's SSH session; nothing of it runs on the worker (tests/security/test_hostile_tenant.py tries)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from providers.automators.ansible import AnsibleAutomator, known_hosts_line
-from providers.drivers.base import TerminalError, TransientError
+from providers.automators.ansible import AnsibleAutomator, ansible_config, ensure_ansible, ensure_script, inventory
+from providers.automators.base import NodeInfo
+from providers.drivers.base import TerminalError
 from providers.ssh import Session
-from tests.lab.fixtures import LabHosts, LabNode, processes_mentioning
+from tests.lab.fixtures import LabHosts, LabNode
 
 from .test_automators_common import archive, lab_request, request_with
 
@@ -62,46 +61,30 @@ def playbooks(*, hosts: str = "all", extra: str = "") -> Any:
 ROLES = archive("roles", "common", GREETER)
 
 
-@dataclasses.dataclass
-class Elsewhere:
-    """The real session, but telling the automator another host key or port than the node has (what a
-    rebuilt machine or a dead port looks like to Ansible)."""
-
-    session: Session
-    host_key: str | None = None
-    port: int = 22
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.session, name)
+@pytest.fixture
+def session_log() -> list[str]:
+    """The lines the ``node`` fixture's session streamed (what the engine copies to the task's live log)."""
+    return []
 
 
 @pytest.fixture
-def node(lab: LabHosts) -> Iterator[tuple[LabNode, Session, str]]:
+def node(lab: LabHosts, session_log: list[str]) -> Iterator[tuple[LabNode, Session, str]]:
     """Lab host 2, a connected session to it, and a file path there for the playbook to write (removed after)."""
     host = lab.nodes[1]
-    with host.session() as session:
+    with host.session(on_line=session_log.append) as session:
         out = f"/root/ansible-test-{uuid.uuid4().hex[:8]}"
         yield host, session, out
         session.run(f"rm -f {out} {out}.who")
 
 
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The worker's temporary folder for this test, to see what the automator leaves there."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path
-
-
-def test_a_playbook_runs_against_the_node_with_the_task_as_extra_vars(node, private_tmp) -> None:
+def test_a_playbook_runs_on_the_node_with_the_task_as_extra_vars(node, session_log: list[str]) -> None:
     host, session, out = node
-    log: list[str] = []
     request = lab_request(
         host,
         service="web-ansible",
         fields={"playbook": "web.yml", "extra_vars": json.dumps({"out": out, "web": {"message": "merged"}})},
         config={"web": {"port": 8080, "message": "from config"}, "greeting": "hi"},
         resources=(playbooks(), ROLES),
-        log=log,
     )
     output = AnsibleAutomator().run(session, request)
 
@@ -112,15 +95,16 @@ def test_a_playbook_runs_against_the_node_with_the_task_as_extra_vars(node, priv
         f"host={host.hostname} bind={host.address} home=/root nodes=1",
     ]
     assert session.run(f"cat {out}.who").stdout == "root"
-    assert output.startswith("$ ansible-playbook web.yml\n")
+    assert output.startswith("$ ansible-playbook web.yml")
     assert "TASK [greeter : Write what Loom passed]" in output and "failed=0" in output
-    assert any("PLAY RECAP" in line for line in log), "the output is streamed to the request's log"
-    # Nothing is left on the worker: no key, no known_hosts, no unpacked resources, no SSH master connection.
-    assert list(private_tmp.iterdir()) == []
-    assert processes_mentioning(str(private_tmp)) == []
+    assert any("PLAY RECAP" in line for line in session_log), "the output streams to the session's log"
+    # The task's variables are a private file on the node; the next action uploads only its variables.
+    assert session.run("stat -c %a /root/.loom/tasks/web-ansible.install.vars.json").stdout.strip() == "600"
+    again = AnsibleAutomator().run(session, request)
+    assert again.startswith("$ ansible-playbook web.yml\n"), "unchanged archives are not uploaded again"
 
 
-def test_the_role_field_runs_a_role_and_tags_limit_the_tasks(node, private_tmp) -> None:
+def test_the_role_field_runs_a_role_and_tags_limit_the_tasks(node) -> None:
     host, session, out = node
     request = lab_request(
         host,
@@ -154,36 +138,16 @@ def test_a_play_that_matches_no_host_fails_instead_of_doing_nothing(node) -> Non
     request = lab_request(
         host, service="web", fields={"playbook": "web.yml"}, resources=(playbooks(hosts="dbservers"), ROLES)
     )
-    with pytest.raises(TerminalError, match=r"web\.yml matched no host: .* group of the node \(web\)"):
+    with pytest.raises(TerminalError, match=r"web\.yml matched no host: .* 'localhost' or a group of the node \(web\)"):
         AnsibleAutomator().run(session, request)
 
 
-def test_a_failing_playbook_is_a_terminal_error_with_the_output_tail(node, private_tmp) -> None:
+def test_a_failing_playbook_is_a_terminal_error_with_the_output_tail(node) -> None:
     host, session, _ = node
     request = lab_request(host, service="web", fields={"playbook": "broken.yml"}, resources=(playbooks(),))
     with pytest.raises(TerminalError, match="exited with status 2") as error:
         AnsibleAutomator().run(session, request)
     assert "the-playbook-failed-here" in str(error.value)
-    assert list(private_tmp.iterdir()) == []
-
-
-def test_a_host_key_other_than_the_pinned_one_is_refused(lab: LabHosts, node) -> None:
-    host, session, out = node
-    other = lab.nodes[2].host_key
-    request = lab_request(host, service="web", fields={"playbook": "web.yml", "extra_vars": {"out": out}},
-                          config={"web": {"port": 1}}, resources=(playbooks(), ROLES))  # fmt: skip
-    with pytest.raises(TerminalError, match="exited with status 4") as error:
-        AnsibleAutomator().run(Elsewhere(session, host_key=other), request)
-    assert "Host key verification failed" in str(error.value) or "IDENTIFICATION HAS CHANGED" in str(error.value)
-    assert session.run(f"test -e {out}", check=False).exit_status == 1
-
-
-def test_an_unreachable_node_is_a_transient_error(node) -> None:
-    host, session, _ = node
-    request = lab_request(host, service="web", fields={"playbook": "web.yml"}, config={"web": {"port": 1}, "out": "/x"},
-                          resources=(playbooks(), ROLES))  # fmt: skip
-    with pytest.raises(TransientError, match="exited with status 4"):
-        AnsibleAutomator().run(Elsewhere(session, host_key=host.host_key, port=2), request)
 
 
 def test_a_non_root_user_becomes_root_through_sudo(lab: LabHosts, sudo_users: dict[str, str]) -> None:
@@ -217,8 +181,39 @@ def test_bad_fields_are_terminal_errors_before_the_node_is_touched(fields: dict[
         AnsibleAutomator().run(None, request_with(fields=fields, resources=(playbooks(),)))  # type: ignore[arg-type]
 
 
-def test_known_hosts_lines() -> None:
-    assert known_hosts_line("10.0.0.5", 22, "ssh-ed25519 AAAAC3 comment") == "10.0.0.5 ssh-ed25519 AAAAC3\n"
-    assert known_hosts_line("10.0.0.5", 2222, "ssh-ed25519 AAAAC3") == "[10.0.0.5]:2222 ssh-ed25519 AAAAC3\n"
-    with pytest.raises(TerminalError, match="not an OpenSSH public key line"):
-        known_hosts_line("10.0.0.5", 22, "")
+def test_the_inventory_is_the_node_alone_with_connection_local_and_a_group_per_service() -> None:
+    request = request_with(node=NodeInfo(3, "web-3", {"access_v4": "10.0.0.3"}, ("base-ansible", "web")))
+    assert inventory(request) == {
+        "all": {
+            "hosts": {"web-3": {"ansible_connection": "local", "ansible_python_interpreter": "auto_silent"}},
+            "children": {"base_ansible": {"hosts": {"web-3": None}}, "web": {"hosts": {"web-3": None}}},
+        }
+    }
+
+
+def test_every_folder_ansible_writes_is_under_the_nodes_loom_folder() -> None:
+    config = ansible_config("/home/u/.loom/ansible", ["common", "site"])
+    assert "remote_tmp = /home/u/.loom/ansible/tmp" in config
+    assert "local_tmp = /home/u/.loom/ansible/local" in config
+    assert "roles_path = /home/u/.loom/ansible/roles/common:/home/u/.loom/ansible/roles/site" in config
+
+
+def test_the_bootstrap_finds_ansible_core_on_a_node_that_has_it(node) -> None:
+    _, session, _ = node
+    assert ensure_ansible(session, "/root").strip() == "ansible-core: present (/usr/bin/ansible-playbook)"
+
+
+def test_the_bootstrap_installs_the_distributions_ansible_core_on_a_node_without_it(node) -> None:
+    """A node whose ``PATH`` has no ansible-playbook but has apt-get (a stand-in recording its arguments and
+    installing a stand-in playbook command, so the lab's shared /usr is left alone) gets the package."""
+    _, session, _ = node
+    stub = f"/root/ensure-{uuid.uuid4().hex[:8]}"
+    apt_get = f'#!/bin/sh\necho "$@" >> {stub}/apt.log\nprintf "#!/bin/sh\\n" > {stub}/ansible-playbook\nchmod 755 {stub}/ansible-playbook\n'
+    session.run(f"mkdir {stub} && ln -s /usr/bin/timeout /bin/sh /bin/chmod {stub}/")
+    session.upload(apt_get.encode(), f"{stub}/apt-get", mode=0o755)
+    try:
+        result = session.run(ensure_script("/root"), env={"PATH": stub}, check=False)
+        assert (result.exit_status, result.stdout.strip()) == (0, "ansible-core: installed from the distribution")
+        assert "install -y -q --no-install-recommends ansible-core" in session.run(f"cat {stub}/apt.log").stdout
+    finally:
+        session.run(f"rm -rf {stub}")

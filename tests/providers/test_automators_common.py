@@ -7,7 +7,6 @@ import io
 import tarfile
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from providers.automators.helpers import (
     json_object_field,
     locate,
     safe_relative_path,
-    unpack,
 )
 from providers.drivers.base import TerminalError
 from providers.resources import LiveResource
@@ -173,20 +171,6 @@ class TestLocate:
 
     def test_archive_names(self) -> None:
         assert archive_names(request_with(resources=self.resources), "playbooks") == ["extra", "site"]
-
-
-def test_unpack_keeps_folders_and_modes(tmp_path: Path) -> None:
-    resource = LiveResource("roles", "r", 1, "archive", None, tar_archive({"a/tasks/main.yml": "- x\n"}, mode=0o755))
-    unpack(resource, tmp_path / "r")
-    unpacked = tmp_path / "r" / "a" / "tasks" / "main.yml"
-    assert unpacked.read_text() == "- x\n" and unpacked.stat().st_mode & 0o777 == 0o755
-
-
-def test_unpack_refuses_a_member_outside_its_folder(tmp_path: Path) -> None:
-    evil = LiveResource("roles", "r", 1, "archive", None, tar_archive({"../escaped": "x"}))
-    with pytest.raises(TerminalError, match="roles archive r cannot be unpacked"):
-        unpack(evil, tmp_path / "r")
-    assert not (tmp_path / "escaped").exists()
 
 
 def test_safe_relative_path_normalises() -> None:

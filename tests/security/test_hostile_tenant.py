@@ -6,12 +6,14 @@ These tests run with the production default (nothing allow-listed), not the suit
 where a test says it opens a network on purpose. Each refused save must be a 400 naming the field, and must
 leave nothing stored. Other parts of the boundary have their own files: the schema walk as another tenant
 (test_hostile_tenant_walk.py), login and API abuse (test_abuse.py), plugin archives
-(test_archive_limits.py) and Ansible content on the node (tests/providers/test_automators_ansible.py).
+(test_archive_limits.py); the Ansible automator's own tests are in tests/providers/test_automators_ansible.py.
 """
 
 from __future__ import annotations
 
 import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from clusters.automation import node_session
 from clusters.models import Cluster, Node, Webhook, WebhookDelivery
 from clusters.webhooks import webhook_delivery_send, webhook_ping
 from providers import egress
+from providers.automators.ansible import AnsibleAutomator
 from providers.drivers.base import TerminalError
 from providers.models import PoolHost, Provider
 from providers.services import provider_driver
@@ -27,6 +30,7 @@ from templates_app.services import catalog_entity_save, catalog_import
 from tenants.models import Tenant
 from tests.api.helpers import assert_invalid, url
 from tests.factories import enable_operator_providers
+from tests.providers.test_automators_common import archive, lab_request
 
 pytestmark = pytest.mark.django_db
 
@@ -218,3 +222,74 @@ class TestSshTargets:
             node_session(Cluster.objects.get(pk=cluster.pk), node, lambda line: None),
         ):
             pass
+
+
+ANSIBLE_TRICKS = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: delegate_to localhost (ran on the worker when the worker ran ansible-playbook)
+      ansible.builtin.shell: "hostname > {{ loom.config.marker }}.delegate_to"
+      delegate_to: localhost
+    - name: local_action
+      local_action: ansible.builtin.shell hostname > {{ loom.config.marker }}.local_action
+    - name: lookup('pipe') (evaluated by the controller, whoever runs ansible-playbook)
+      ansible.builtin.copy:
+        dest: "{{ loom.config.marker }}.pipe"
+        content: "{{ lookup('pipe', 'hostname') }}"
+    - name: a file only the worker has, looked for by the controller
+      ansible.builtin.copy:
+        dest: "{{ loom.config.marker }}.worker_file"
+        content: "{{ query('fileglob', loom.config.worker_file) | length }}"
+    - name: a filter plugin shipped in a role (loaded by the controller)
+      ansible.builtin.include_role:
+        name: evil
+"""
+EVIL_FILTER = """\
+import pathlib
+import socket
+
+
+def mark(path):
+    pathlib.Path(path).write_text(socket.gethostname())
+    return path
+
+
+class FilterModule:
+    def filters(self):
+        return {"mark": mark}
+"""
+EVIL_TASKS = "- ansible.builtin.debug:\n    msg: \"{{ (loom.config.marker ~ '.filter') | mark }}\"\n"
+
+
+class TestAnsibleRunsOnTheNode:
+    """The tricks that ran as root on the worker when it ran ``ansible-playbook`` (finding 1 of issue 13) run
+    on a real lab host now: each leaves its marker in the node's private ``/root`` and none in the worker's,
+    and a file in the worker's ``/root`` is not there for the controller to read."""
+
+    def test_delegate_to_local_action_pipe_lookup_and_role_plugins_act_on_the_node(self, lab: Any) -> None:
+        host = lab.nodes[2]
+        token = uuid.uuid4().hex[:10]
+        marker = f"/root/loom-trick-{token}"
+        worker_file = Path(f"/root/loom-worker-only-{token}")
+        worker_file.write_text("the worker's secret")  # this process is the worker: its /root is not the node's
+        resources = (
+            archive("playbooks", "tricks", {"tricks.yml": ANSIBLE_TRICKS}),
+            archive("roles", "evil", {"evil/filter_plugins/evil.py": EVIL_FILTER, "evil/tasks/main.yml": EVIL_TASKS}),
+        )
+        extra = {"marker": marker, "worker_file": str(worker_file)}
+        request = lab_request(host, service="web", fields={"playbook": "tricks.yml", "extra_vars": extra},
+                              resources=resources)  # fmt: skip
+        try:
+            with host.session() as session:
+                AnsibleAutomator().run(session, request)
+                for trick in ("delegate_to", "local_action", "pipe", "filter"):
+                    on_node = session.run(f"cat {marker}.{trick}", check=False)
+                    assert on_node.exit_status == 0, f"{trick}: no marker on the node"
+                    assert on_node.stdout.strip() == host.hostname, f"{trick} ran on {on_node.stdout!r}"
+                    assert not Path(f"{marker}.{trick}").exists(), f"{trick} left a marker on the worker"
+                assert session.run(f"cat {marker}.worker_file").stdout == "0", "the controller saw the worker's file"
+                session.run(f"rm -f {marker}.*")
+        finally:
+            worker_file.unlink()
+        assert not list(Path("/root").glob(f"loom-trick-{token}*"))
