@@ -1,7 +1,7 @@
 """Routes of the v2 API."""
 
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from clusters import api as clusters_api
@@ -79,7 +79,8 @@ urlpatterns = [
     path("export", catalog_api.CatalogExportApi.as_view(), name="catalog-export"),
     path("import", catalog_api.CatalogImportApi.as_view(), name="catalog-import"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # The split view serves Swagger UI's start-up script as a file: the Content-Security-Policy refuses inline script.
+    path("docs", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("", include(router.urls)),
 ]

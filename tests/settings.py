@@ -19,3 +19,8 @@ LOOM_INLINE_WAIT_SECONDS = 0  # in-process tests see every "still booting" as a 
 # receivers (127.0.0.0/8) and lab hosts (10.0.0.0/8 bridges) are allow-listed here, explicitly. The database,
 # broker and cache endpoints stay refused whatever is allowed. tests/security sets the production default.
 LOOM_EGRESS_ALLOW_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8"]
+
+# The suite calls the API far faster than any person: throttles out of the way except where
+# tests/security/test_abuse.py sets low rates on purpose.
+LOOM_API_RATE_USER = "1000000/min"
+LOOM_API_RATE_ANON = "1000000/min"
