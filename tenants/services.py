@@ -86,7 +86,7 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
     if role not in Role.values:
         raise ApplicationError(f"role must be one of {', '.join(Role.values)}", fields={"role": ["unknown role"]})
     user = get_user_model().objects.filter(username=username).first()
-    if user is None:
+    if user is None or not _may_enroll(actor, user):
         raise ApplicationError(f"user {username} does not exist", fields={"user": [f"no user named {username}"]})
     membership, created = Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
     before = None if created else membership.role
@@ -100,6 +100,20 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
     audit(tenant=tenant, actor=actor, action="create" if created else "update", kind="membership",
           name=username, summary={"before": before, "after": role})  # fmt: skip
     return membership
+
+
+def _may_enroll(actor: Any, user: Any) -> bool:
+    """Whether ``actor`` may add ``user`` to a tenant: a superuser may add anyone; a tenant admin only users
+    who belong to no tenant they do not administer themselves.
+
+    Without this, an admin of one tenant could pull another tenant's users into theirs (as admin too, which
+    makes them staff), change what those users' API calls resolve to, and learn which usernames exist. A user
+    they may not enroll gets the same answer as one that does not exist.
+    """
+    if actor is None or actor.is_superuser:
+        return True
+    administered = Membership.objects.filter(user=actor, role=Role.ADMIN).values("tenant_id")
+    return not Membership.objects.filter(user=user).exclude(tenant_id__in=administered).exists()
 
 
 def _sync_staff_flag(user: Any, *, lost_admin: bool) -> None:
@@ -172,6 +186,8 @@ def object_grant(*, actor: Any, tenant: Tenant, obj: Any, username: str, action:
     membership_require_admin(actor=actor, tenant=tenant)
     if action not in {"view", "change", "delete"}:
         raise ApplicationError("action must be view, change or delete", fields={"action": ["unknown action"]})
+    if obj.tenant_id != tenant.pk:  # the callers look obj up in tenant; this keeps a future one honest
+        raise NotFound(f"{obj._meta.verbose_name} not found")
     membership = Membership.objects.filter(tenant=tenant, user__username=username).select_related("user").first()
     if membership is None:
         raise ApplicationError(f"{username} is not a member of tenant {tenant.name}", fields={"user": ["not a member"]})

@@ -11,12 +11,16 @@ leave nothing stored. Other parts of the boundary have their own files: the sche
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from guardian.models import UserObjectPermission
 
 from clusters.automation import node_session
 from clusters.models import Cluster, Node, Webhook, WebhookDelivery
@@ -26,10 +30,13 @@ from providers.automators.ansible import AnsibleAutomator
 from providers.drivers.base import TerminalError
 from providers.models import PoolHost, Provider
 from providers.services import provider_driver
+from templates_app.models import Service
 from templates_app.services import catalog_entity_save, catalog_import
-from tenants.models import Tenant
+from tenants.errors import NotFound
+from tenants.models import Membership, Role, Tenant
+from tenants.services import object_grant
 from tests.api.helpers import assert_invalid, url
-from tests.factories import enable_operator_providers
+from tests.factories import UserFactory, enable_operator_providers, member
 from tests.providers.test_automators_common import archive, lab_request
 
 pytestmark = pytest.mark.django_db
@@ -247,6 +254,7 @@ ANSIBLE_TRICKS = """\
 """
 EVIL_FILTER = """\
 import pathlib
+import json
 import socket
 
 
@@ -293,3 +301,108 @@ class TestAnsibleRunsOnTheNode:
         finally:
             worker_file.unlink()
         assert not list(Path("/root").glob(f"loom-trick-{token}*"))
+
+
+class TestEscalation:
+    """A tenant admin's powers end at their tenant: they cannot pull another tenant's users into theirs, make
+    anyone superuser or staff beyond it, grant object permissions outside it, or reach the platform's user
+    admin. Another tenant's user answers exactly like a user that does not exist (no enumeration)."""
+
+    @staticmethod
+    def _enroll(client: Any, username: str, role: str) -> Any:
+        return client.post(url("memberships"), {"user": username, "role": role, "is_superuser": True}, format="json")
+
+    @pytest.mark.parametrize("role", ["user", "admin"])
+    def test_another_tenants_user_cannot_be_enrolled_and_looks_unknown(
+        self, admin: Any, admin_b: Any, user_b: Any, client_for: Any, role: str
+    ) -> None:
+        before = sorted(Membership.objects.values_list("user__username", "tenant__name", "role"))
+        for victim in (user_b, admin_b):
+            refused = self._enroll(admin, victim.username, role)
+            unknown = self._enroll(admin, f"{victim.username}-nobody", role)
+            assert refused.status_code == unknown.status_code == 400
+            assert refused.json() == json.loads(
+                unknown.content.decode().replace(f"{victim.username}-nobody", victim.username)
+            )
+            victim.refresh_from_db()
+            assert not victim.is_superuser
+        assert sorted(Membership.objects.values_list("user__username", "tenant__name", "role")) == before
+        user_b.refresh_from_db()
+        assert not user_b.is_staff
+        # the victim's own calls without X-Loom-Tenant still resolve to their one tenant
+        assert client_for(user_b).get(url("clusters")).status_code == 200
+
+    def test_a_new_user_or_a_user_of_a_tenant_they_also_run_can_be_enrolled(
+        self, admin: Any, admin_a: Any, tenant_a: Any, tenant_b: Any, client_for: Any
+    ) -> None:
+        newcomer = UserFactory(username="newcomer")
+        newcomer.save()
+        assert self._enroll(admin, "newcomer", "admin").status_code == 201
+        newcomer.refresh_from_db()
+        assert newcomer.is_staff and not newcomer.is_superuser  # staff for the admin, never superuser
+        Membership.objects.create(user=admin_a, tenant=tenant_b, role=Role.ADMIN)
+        both = member(tenant_b, Role.USER, username="shared")
+        in_a = client_for(admin_a, tenant_a.name)  # admin_a belongs to two tenants now: say which
+        assert self._enroll(in_a, both.username, "user").status_code == 201
+
+    def test_the_superuser_may_enroll_anyone(self, superuser: Any, client_for: Any, user_b: Any, tenant_a: Any) -> None:
+        response = client_for(superuser, tenant_a.name).post(
+            url("memberships"), {"user": user_b.username, "role": "user"}, format="json"
+        )
+        assert response.status_code == 201, response.content
+
+    def test_no_grant_reaches_outside_the_tenant(
+        self, admin: Any, admin_a: Any, admin_b: Any, user_b: Any, tenant_a: Any, tenant_b: Any
+    ) -> None:
+        catalog_entity_save(tenant=tenant_a, user=None, kind_key="services", data={"name": "mine"}, create=True)
+        theirs = catalog_entity_save(
+            tenant=tenant_b, user=None, kind_key="services", data={"name": "theirs"}, create=True
+        )
+        theirs_row = Service.objects.get(tenant=tenant_b, name="theirs")
+        to_outsider = admin.post(
+            url("services", "mine", "/grants"), {"user": user_b.username, "action": "change"}, format="json"
+        )
+        assert_invalid(to_outsider, field="user", says=("not a member",))
+        on_theirs = admin.post(
+            url("services", "theirs", "/grants"), {"user": admin_a.username, "action": "change"}, format="json"
+        )
+        assert on_theirs.status_code == 404
+        assert not UserObjectPermission.objects.filter(user__in=[user_b, admin_a]).exists(), theirs
+        with pytest.raises(NotFound):  # the service refuses an object of another tenant even if a caller passes one
+            object_grant(
+                actor=admin_a, tenant=tenant_a, obj=theirs_row, username=admin_a.username, action="change", grant=True
+            )
+
+    @pytest.mark.parametrize(
+        "path", ["/admin/auth/user/", "/admin/auth/user/add/", "/admin/auth/group/", "/admin/auth/group/add/"]
+    )
+    def test_the_platforms_user_admin_is_closed_to_tenant_admins(self, admin_a: Any, path: str) -> None:
+        admin_a.is_staff = True
+        admin_a.save(update_fields=["is_staff"])
+        client = Client()
+        client.force_login(admin_a)
+        assert client.get(path).status_code == 403
+        assert (
+            client.post(
+                path, {"username": "evil", "password1": "x" * 20, "password2": "x" * 20, "is_superuser": "on"}
+            ).status_code
+            == 403
+        )
+        assert not get_user_model().objects.filter(username="evil").exists()
+
+    def test_the_membership_admin_refuses_another_tenants_user_like_an_unknown_one(
+        self, admin_a: Any, tenant_a: Any, user_b: Any
+    ) -> None:
+        admin_a.is_staff = True
+        admin_a.save(update_fields=["is_staff"])
+        client = Client()
+        client.force_login(admin_a)
+        page = "/admin/tenants/membership/add/"
+        for username in (user_b.username, "nobody-at-all"):
+            response = client.post(page, {"tenant": tenant_a.pk, "username": username, "role": "admin"})
+            assert response.status_code == 200  # the form again, with the error on the field
+            assert (
+                f"user {username} does not exist" in response.content.decode()
+                or f"no user named {username}" in response.content.decode()
+            )
+        assert not Membership.objects.filter(user=user_b, tenant=tenant_a).exists()
