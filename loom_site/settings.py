@@ -326,6 +326,11 @@ CELERY_BEAT_SCHEDULE = {
 LOOM_MAX_CLUSTER_SIZE = env.int("LOOM_MAX_CLUSTER_SIZE", default=10000)
 LOOM_IMPORT_MAX_BYTES = env.int("LOOM_IMPORT_MAX_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LOOM_IMPORT_MAX_BYTES
+# What one uploaded archive may hold (providers/archives.py): members, bytes unpacked, and unpacked/packed
+# ratio (checked once it unpacks to more than 1 MiB), against zip and tar bombs.
+LOOM_ARCHIVE_MAX_MEMBERS = env.int("LOOM_ARCHIVE_MAX_MEMBERS", default=10_000)
+LOOM_ARCHIVE_MAX_UNPACKED_BYTES = env.int("LOOM_ARCHIVE_MAX_UNPACKED_BYTES", default=256 * 1024 * 1024)
+LOOM_ARCHIVE_MAX_RATIO = env.int("LOOM_ARCHIVE_MAX_RATIO", default=100)
 
 # The egress policy (providers/egress.py): networks Loom may reach for a tenant although they are private,
 # loopback or link-local (a private cloud's endpoint and hosts: e.g. "10.20.0.0/16,fd00:1::/64"), and more

@@ -61,7 +61,7 @@ class PluginResourceUploadForm(ServiceFormMixin, forms.ModelForm):
         tenant: Tenant = self.cleaned_data["tenant"]
         key = ResourceKey(plugin_kind, plugin, resource_type, self.cleaned_data["name"])
         return resources.resource_upload(tenant=tenant, user=self.request.user, key=key,
-                                         data=self.cleaned_data["file"].read())  # fmt: skip
+                                         data=resources.read_upload(self.cleaned_data["file"]))  # fmt: skip
 
 
 def _key(resource: PluginResource) -> ResourceKey:

@@ -117,7 +117,7 @@ class ResourceApi(_AdminOnly):
         if not isinstance(data, bytes):
             upload = request.FILES.get("file")
             if upload is not None:
-                data = upload.read()
+                data = resources.read_upload(upload)
             elif (request.content_type or "").startswith(RawBodyParser.media_type):
                 data = b""  # an empty raw body: resource_upload names the problem
             else:

@@ -10,15 +10,13 @@ when only one live archive has it, or with the archive's name in front (``site/w
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any
 
+from providers.archives import ArchiveError, inspect_archive
 from providers.drivers.base import TerminalError
 from providers.resources import LiveResource
 
@@ -76,16 +74,14 @@ def safe_relative_path(value: str, *, what: str) -> str:
 
 @lru_cache(maxsize=64)
 def archive_members(content: bytes) -> frozenset[str]:
-    """The file paths inside a tar or zip archive (``./`` stripped). Cached by content: a resource's bytes
-    do not change, and a node's actions ask about the same archives again and again."""
-    buffer = io.BytesIO(content)
-    if zipfile.is_zipfile(buffer):
-        with zipfile.ZipFile(buffer) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    else:
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r:*") as archive:
-            names = [member.name for member in archive.getmembers() if member.isfile()]
-    return frozenset(str(PurePosixPath(name.removeprefix("./"))) for name in names)
+    """The file paths inside a tar or zip archive (``./`` stripped), read within the same limits as at upload
+    (providers/archives.py), so an archive stored before a limit existed cannot exhaust the worker. Cached by
+    content: a resource's bytes do not change, and a node's actions ask about the same archives again and
+    again."""
+    try:
+        return inspect_archive(content).files
+    except ArchiveError as error:
+        raise TerminalError(f"a live archive breaks the archive rules ({error.reason}): {error}") from None
 
 
 def locate(resources: Sequence[LiveResource], resource_type: str, path: str, *, what: str) -> tuple[str, str]:
