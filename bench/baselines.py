@@ -13,7 +13,7 @@ starts) so that it can be stopped: all originals together get ``TOTAL_CAP`` seco
 of it. A stopped case shows "> t", a lower bound: the original had run for t seconds without finishing.
 Medians are of up to 5 runs, as many as fit in about a second (one run for anything slower).
 
-For each solver case the original solves, both layouts are checked with ``clusters.solver.check_layout``;
+For each solver case the original solves, both layouts are checked with ``clusters.planning.solver.check_layout``;
 the original may leave out a service that has no ``quantities.min`` (loom-reference.md §0.1), which the
 check reports. For the planner the edge counts of both plans are printed. Imports no Django.
 """
@@ -39,9 +39,9 @@ import original_solver
 import planner_cases
 import solver_cases
 
-from clusters.planner import Operation, plan
-from clusters.solver import LayoutRequest, check_layout, solve
-from clusters.specs import ClusterLayout, NodeRole
+from clusters.planning.planner import Operation, plan
+from clusters.planning.solver import LayoutRequest, check_layout, solve
+from clusters.planning.specs import ClusterLayout, NodeRole
 
 TOTAL_CAP = 60.0  # seconds for all the original's runs together
 RESERVE = 5.0  # seconds kept back for each later case that may need them

@@ -6,7 +6,7 @@
 What runs. ``cluster_create`` (in this process: solve, plan, store the tasks and edges, start the job) of
 ``throughput.py``'s cluster: three services on every node, every action instant (fake provider with 0 ms
 boot and calls, noop automator with 0 ms), so the run is pure engine work at scale: 11 tasks a node,
-dispatched through Redis to one ``celery worker --pool threads -c 8`` process (the README's default). The
+dispatched through Redis to one ``celery worker --pool threads -c 8`` process (the default, docs/configuration.md). The
 tenant keeps its default worker budget of 10 tasks in flight, as a tenant that never changed it would (8
 threads never need more, so the budget does not limit capacity, but its path, the tenant row lock and the
 in-flight count, runs on every dispatch).
@@ -47,7 +47,7 @@ JOB_TIMEOUT_S = 1800.0
 
 def run(bench: Bench, *, size: int) -> int:
     from clusters.models import Task
-    from clusters.planner import Action
+    from clusters.planning.planner import Action
     from clusters.services.lifecycle import cluster_create
     from clusters.services.preview import PreviewRequest
 

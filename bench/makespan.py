@@ -125,7 +125,7 @@ def dag_width(plan: Any) -> tuple[int, int]:
     run at once. Lower: the tasks without predecessors (pairwise independent). Upper: the size of a
     chain cover, built greedily in key (topological) order, trying the task's own node's chains first; any
     set of tasks that run at once holds at most one task per chain. When they meet, the width is exact."""
-    from clusters.planner import Action
+    from clusters.planning.planner import Action
 
     successors = plan.successors()
     reach = [0] * len(plan.tasks)  # bit s of reach[k]: s is reachable from k
@@ -187,7 +187,7 @@ def measure(plan: Any, preview: Any, job: Any) -> tuple[Measured, list[float], i
     """Durations of the job's tasks mapped onto ``plan`` (by node number, action and service, so a staged
     job's renumbered keys map too), the hop latencies, and the most attempts that overlapped."""
     from clusters.models import Task, TaskAttempt
-    from clusters.planner import Action
+    from clusters.planning.planner import Action
     from providers.models import FakeMachine
 
     number_of = {spec.node_id: spec.number for spec in preview.nodes}
@@ -225,7 +225,7 @@ def _hops(
     plan: Any, succeeded: dict[int, tuple[datetime, datetime]], job_start: datetime, skip: set[int]
 ) -> list[float]:
     """Seconds from the end of each task's last real predecessor (through join points) to its start."""
-    from clusters.planner import Action
+    from clusters.planning.planner import Action
 
     predecessors = plan.predecessors()
     finished: dict[int, datetime] = {}

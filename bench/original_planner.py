@@ -4,7 +4,7 @@ Continuuity Loom / Cask Coopr (Apache-2.0) planned a cluster operation as docs/l
 §5.3 and §5.5 describe (``JobPlanner.createTaskDag``, ``ServiceDependencyResolver``, ``TaskDag.linearize``,
 ``JobPlanner.deDupNodePerStage``). This module ports that algorithm from the reference notes, with the
 details cross-checked against the original's published source. It is for comparison only: Loom does not
-use it (``clusters.planner`` is Loom's planner). It is a straightforward port with plain sets and dicts,
+use it (``clusters.planning.planner`` is Loom's planner). It is a straightforward port with plain sets and dicts,
 not optimised, so that the benchmark compares algorithms:
 
 * A DAG node is ``(node id, action, service)``, service "" for the hardware actions. Per node and service
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from clusters.specs import NodeSpec, ServiceSpec
+from clusters.planning.specs import NodeSpec, ServiceSpec
 
 HARDWARE_ACTIONS = frozenset({"CREATE", "CONFIRM", "BOOTSTRAP", "DELETE"})
 INSTALL_TIME_ACTIONS = frozenset({"INSTALL", "REMOVE"})

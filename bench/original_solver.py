@@ -4,7 +4,7 @@ Continuuity Loom / Cask Coopr (Apache-2.0) solved a new cluster's layout as docs
 steps 5-9 describe (``Solver.solveConstraints``, ``NodeLayoutGenerator``, ``NodeLayoutComparator``,
 ``ClusterLayoutFinder``, ``SlottedCombinationIterator``). This module ports that algorithm from the
 reference notes, step for step, with the details cross-checked against the original's published source.
-It is for comparison only: Loom does not use it (``clusters.solver`` is Loom's solver), and nothing here
+It is for comparison only: Loom does not use it (``clusters.planning.solver`` is Loom's solver), and nothing here
 is a recommendation. It is deliberately not optimised, so that the benchmark compares algorithms:
 
 5. Services with no service constraint and in no must/can't-coexist group are "unconstrained" and go on
@@ -27,7 +27,7 @@ image preference is alphabetical, not by cost; an empty can't-coexist group forb
 is Java's ``Integer.MAX_VALUE``. Recursion in the iterator is written as loops (the Java calls are all
 tail calls), which changes nothing but Python's stack depth.
 
-Input: the same ``TemplateSpec``/``HardwareOption``/``ImageOption`` values ``clusters.solver`` takes, the
+Input: the same ``TemplateSpec``/``HardwareOption``/``ImageOption`` values ``clusters.planning.solver`` takes, the
 cluster's service names and the size. Output: ``[(hardware, image, frozenset(services), count), ...]`` in
 the original's layout order, or None when the original finds no layout.
 """
@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from functools import cmp_to_key
 from typing import NamedTuple
 
-from clusters.specs import HardwareOption, ImageOption, ServiceConstraint, TemplateSpec
+from clusters.planning.specs import HardwareOption, ImageOption, ServiceConstraint, TemplateSpec
 
 INT_MAX = 2**31 - 1  # Java's Integer.MAX_VALUE: the original's "no maximum" and its "no preference" rank
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clusters.planner import Operation, Plan, plan
-from clusters.specs import NodeSpec, ServiceSpec
+from clusters.planning.planner import Operation, Plan, plan
+from clusters.planning.specs import NodeSpec, ServiceSpec
 
 ALL_ACTIONS = frozenset({"install", "configure", "initialize", "start", "stop", "remove"})
 NO_INIT = ALL_ACTIONS - {"initialize"}

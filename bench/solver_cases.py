@@ -17,8 +17,8 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clusters.solver import LayoutRequest, check_layout, solve
-from clusters.specs import (
+from clusters.planning.solver import LayoutRequest, check_layout, solve
+from clusters.planning.specs import (
     HardwareOption,
     ImageOption,
     ServiceConstraint,

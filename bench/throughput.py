@@ -4,7 +4,7 @@
     python bench/throughput.py --quick      # 20 nodes, 1 round
     python bench/throughput.py --profile    # also profile the engine in the worker (cProfile + query counts)
 
-What runs. One ``celery worker --pool threads -c 8`` process (the README's default concurrency) on the
+What runs. One ``celery worker --pool threads -c 8`` process (the default concurrency, docs/configuration.md) on the
 benchmark's own database and Redis database. In each round, alternately:
 
 * **raw Celery**: this process publishes as many ``bench.noop`` tasks as the engine job below has tasks;
@@ -16,7 +16,7 @@ benchmark's own database and Redis database. In each round, alternately:
   confirm), the finish (lock the job, close the attempt, complete the task, release the successors, see
   whether the job is done) and, on commit, publishing the successors. A chain's next task skips the broker:
   the finish claims it for the same worker thread (on PostgreSQL the claim and the finish are one function
-  call each, ``clusters/pg_functions.py``); what else became ready goes through Redis.
+  call each, ``clusters/engine/pg_functions.py``); what else became ready goes through Redis.
   Tasks/s = tasks / (job ``finished_at`` − ``started_at``). Twice: with the tenant's worker budget unlimited
   (``workers=0``, the engine alone) and at its default of 10 (the fair-share path: the tenant row locked and
   the tasks in flight counted on every dispatch).
@@ -84,7 +84,7 @@ def catalog() -> dict[str, list[Any]]:
 def engine_run(bench: Bench, *, user: Any, tenant: Any, name: str, size: int) -> tuple[int, float]:
     """Create a ``size``-node cluster and wait for it; returns (tasks run, seconds from job start to end)."""
     from clusters.models import Task
-    from clusters.planner import Action
+    from clusters.planning.planner import Action
     from clusters.services.lifecycle import cluster_create
     from clusters.services.preview import PreviewRequest
 

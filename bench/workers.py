@@ -162,7 +162,7 @@ def _count_statement(execute: Any, sql: str, params: Any, many: bool, context: A
 
 
 def _profiled(run_chain: Any) -> Any:
-    """``clusters.tasks.run_chain`` under this thread's profiler and statement counter. The engine's work runs
+    """``clusters.dispatch.run_chain`` under this thread's profiler and statement counter. The engine's work runs
     there whether its task came as a message, in a batch or spilled to an idle thread (no Celery task
     signal sees the spilled ones)."""
 
@@ -182,9 +182,9 @@ def _profiled(run_chain: Any) -> Any:
 
 
 def _install_profiler(**kwargs: Any) -> None:
-    from clusters import tasks
+    from clusters.engine import dispatch
 
-    tasks.run_chain = _profiled(tasks.run_chain)
+    dispatch.run_chain = _profiled(dispatch.run_chain)
 
 
 if os.environ.get("LOOM_BENCH_PROFILE"):

@@ -4,7 +4,7 @@ Clusters, nodes, jobs, tasks and attempts are read-only here: they change only t
 cluster services, never by editing a row. A job's tasks and a cluster's nodes are shown inline up to
 ``INLINE_LIMIT`` rows (a 10,000-node create has 170,000 tasks), with a link to the full, paginated list.
 
-Webhooks are edited through ``clusters.webhooks``. Their secret is write-only: the form's password input is
+Webhooks are edited through ``clusters.features.webhooks``. Their secret is write-only: the form's password input is
 always empty, blank keeps the stored secret, and no page, list or history entry shows it. The delivery log
 is read-only, with a redeliver action.
 
@@ -31,6 +31,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from clusters.features import metering, webhooks
+from clusters.models import Cluster, Job, Node, Task, TaskAttempt, Webhook, WebhookDelivery
+from clusters.services import day2
+from clusters.services.day2 import Day2Outcome
 from providers.secrets import redact
 from tenants.admin_mixins import (
     ReadOnlyAdminMixin,
@@ -43,11 +47,6 @@ from tenants.admin_mixins import (
 )
 from tenants.errors import ApplicationError
 from tenants.models import Tenant
-
-from . import metering, webhooks
-from .models import Cluster, Job, Node, Task, TaskAttempt, Webhook, WebhookDelivery
-from .services import day2
-from .services.day2 import Day2Outcome
 
 INLINE_LIMIT = 200
 RECENT_DELIVERIES = 20
@@ -419,7 +418,7 @@ class TaskAttemptAdmin(TenantAdminScopeMixin, ReadOnlyAdminMixin, admin.ModelAdm
 
 
 class WebhookForm(ServiceFormMixin, forms.ModelForm):
-    """Create or change a webhook through ``clusters.webhooks``; the secret input never shows a value."""
+    """Create or change a webhook through ``clusters.features.webhooks``; the secret input never shows a value."""
 
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
     name = forms.CharField(max_length=255, help_text="Cannot be changed later.")

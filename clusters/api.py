@@ -40,15 +40,11 @@ from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
-from loom_site.input_guards import StrictJSONParser
-from tenants.api import TENANT_PARAMETER, TenantScopedMixin
-from tenants.errors import ApplicationError, NotFound
-
-from .leases import cluster_lease
-from .models import Cluster, IdempotencyRecord, Job, Task, TaskAttempt
-from .planner import Action
-from .selectors import cluster_get, clusters_for, job_progress, latest_jobs
-from .serializers import (
+from clusters.features.leases import cluster_lease
+from clusters.models import Cluster, IdempotencyRecord, Job, Task, TaskAttempt
+from clusters.planning.planner import Action
+from clusters.selectors import cluster_get, clusters_for, job_progress, latest_jobs
+from clusters.serializers import (
     ClusterCreateInputSerializer,
     ClusterDetailSerializer,
     ClusterOperationSerializer,
@@ -67,7 +63,7 @@ from .serializers import (
     TaskAttemptDetailSerializer,
     TaskSerializer,
 )
-from .services.day2 import (
+from clusters.services.day2 import (
     Day2Outcome,
     cluster_reconfigure,
     cluster_scale_in,
@@ -79,9 +75,18 @@ from .services.day2 import (
     cluster_services_stop,
     cluster_sync,
 )
-from .services.lifecycle import cluster_create, cluster_delete
-from .services.operations import cluster_abort, cluster_lease_extend, cluster_pause, cluster_resume, cluster_retry
-from .services.preview import NODE_LIST_LIMIT, cluster_preview
+from clusters.services.lifecycle import cluster_create, cluster_delete
+from clusters.services.operations import (
+    cluster_abort,
+    cluster_lease_extend,
+    cluster_pause,
+    cluster_resume,
+    cluster_retry,
+)
+from clusters.services.preview import NODE_LIST_LIMIT, cluster_preview
+from loom_site.input_guards import StrictJSONParser
+from tenants.api import TENANT_PARAMETER, TenantScopedMixin
+from tenants.errors import ApplicationError, NotFound
 
 PK_PATTERN = r"[0-9]{1,18}"  # beyond that, not a bigint: a 404 rather than a database error
 WAITING_REASONS_SHOWN = 5

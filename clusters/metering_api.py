@@ -1,6 +1,6 @@
 """``GET /api/v2/usage/nodes``: node-hours over a time range, bucketed, with per-tenant/user/template/cluster
 totals (the original's ``/v2/metrics/nodes/usage``, loom-reference §2.5). The definition of a node-hour is in
-``clusters/metering.py``.
+``clusters/features/metering.py``.
 
 Query: ``start`` and ``end`` (ISO 8601, or Unix seconds as in the original; default the last 30 days up to
 now), ``groupby`` (``hour``, ``day`` (default), ``week``, ``month``), and the filters ``user`` (a username),
@@ -22,10 +22,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from clusters.features.metering import GROUPS, MAX_BUCKETS, bucket_starts, node_usage, usage_nodes
 from tenants.api import TENANT_PARAMETER, TenantScopedMixin
 from tenants.models import NAME_PATTERN
-
-from .metering import GROUPS, MAX_BUCKETS, bucket_starts, node_usage, usage_nodes
 
 DEFAULT_RANGE = timedelta(days=30)
 
@@ -119,7 +118,7 @@ class NodeUsageApi(TenantScopedMixin, APIView):
     )
     def get(self, request: Request) -> Response:
         """Node-hours per bucket and in total, with totals per tenant, user, template and cluster; a machine
-        counts from its successful create to its successful delete (see clusters/metering.py)."""
+        counts from its successful create to its successful delete (see clusters/features/metering.py)."""
         query = UsageQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data

@@ -4,7 +4,7 @@ The database is the engine's source of truth (architecture.md §3): a job's DAG 
 ``pending_deps`` counter plus TaskEdge rows, so a worker that finishes a task can find and release its
 successors with one indexed UPDATE, and the broker only ever carries "run task N".
 
-Statuses are changed only by ``clusters/state.py`` (a conditional UPDATE on the from-state); nothing here
+Statuses are changed only by ``clusters/engine/state.py`` (a conditional UPDATE on the from-state); nothing here
 contains business logic. Models carry invariants only: unique keys, non-negative counters.
 """
 
@@ -16,9 +16,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from clusters.planning.planner import Action, Operation
 from tenants.models import Tenant, TenantModel, name_validator
-
-from .planner import Action, Operation
 
 LOG_TAIL_LIMIT = 2048
 """Bytes of redacted output kept on an attempt for display (Coopr's ``max.log.length``)."""
@@ -205,7 +204,7 @@ class Task(models.Model):
             # Job progress, "is anything still running/unfinished", drop-on-failure.
             models.Index(fields=["job", "status"], name="task_job_status"),
             # The dispatcher's "tasks waiting for a slot, in the order they get one" is ``task_waiting_slot``,
-            # made on PostgreSQL by ``clusters.pg_functions`` (SQLite cannot index NULLS FIRST).
+            # made on PostgreSQL by ``clusters.engine.pg_functions`` (SQLite cannot index NULLS FIRST).
             # The janitor: running tasks whose heartbeat stopped; also the tenant budget count.
             models.Index(fields=["heartbeat_at"], condition=Q(status="running"), name="task_running_heartbeat"),
             models.Index(fields=["tenant"], condition=Q(status="running"), name="task_running_tenant"),

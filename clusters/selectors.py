@@ -13,12 +13,11 @@ from typing import Any
 
 from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery
 
+from clusters.engine import core as engine
+from clusters.models import Cluster, Job, Task
+from clusters.planning.planner import Action
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import Tenant
-
-from . import engine
-from .models import Cluster, Job, Task
-from .planner import Action
 
 # --- who may see and act on a cluster ------------------------------------------------------------------------
 

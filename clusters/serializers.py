@@ -15,12 +15,11 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from clusters.features.leases import Lease
+from clusters.models import Cluster, Job, Node, Task, TaskAttempt
+from clusters.selectors import JobProgress
+from clusters.services.preview import PreviewRequest
 from tenants.models import NAME_PATTERN
-
-from .leases import Lease
-from .models import Cluster, Job, Node, Task, TaskAttempt
-from .selectors import JobProgress
-from .services.preview import PreviewRequest
 
 MAX_LEASE_MS = 100 * 365 * 86_400_000
 """A century: the longest lease or extension a request may name (beyond it, date arithmetic overflows)."""

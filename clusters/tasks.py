@@ -1,185 +1,30 @@
-"""Celery tasks of the engine: thin, ids only (house-style item 19).
+"""Every Celery task of ``clusters``, gathered for Celery's autodiscovery (``loom_site/celery.py``).
 
-The broker carries "run task N" or "run tasks N, M, ..." and nothing else; the database decides whether a
-task may run (the claim), so a duplicate delivery is a no-op. Workers use the thread pool (I/O-bound work),
-so the worker id names the host and the thread. What a worker's own finishes make ready runs on that
-worker's idle threads without the broker (``local_dispatch``).
+Each task is defined where its work lives and only forwarded here; nothing imports this module, so it can
+import everything. Task names stay ``clusters.tasks.<name>``: beat's schedule and messages queued by an older
+release keep working.
+
+- ``task_run_task``, ``task_run_batch_task``: run engine tasks (``clusters/engine/dispatch.py``).
+- ``engine_janitor``: lost workers, timeouts, lost messages (``clusters/engine/janitor.py``).
+- ``provider_reaper``: machines no node owns (``clusters/engine/reaper.py``).
+- ``webhook_delivery_send_task``, ``webhook_deliveries_resend_due_task``: (``clusters/features/webhooks.py``).
+- ``lease_janitor``: lease warnings and expiry (``clusters/services/lease_expiry.py``).
 """
 
 from __future__ import annotations
 
-import threading
+from clusters.engine.dispatch import task_run_batch_task, task_run_task
+from clusters.engine.janitor import engine_janitor
+from clusters.engine.reaper import provider_reaper
+from clusters.features.webhooks import webhook_deliveries_resend_due_task, webhook_delivery_send_task
+from clusters.services.lease_expiry import lease_janitor
 
-from celery import shared_task
-from celery.signals import worker_ready, worker_shutting_down
-from django.conf import settings
-
-from .engine import Claimed, Ready
-from .local_dispatch import attach_to_worker, detach_from_worker, local
-
-worker_ready.connect(attach_to_worker, dispatch_uid="clusters.local_dispatch.attach")
-worker_shutting_down.connect(detach_from_worker, dispatch_uid="clusters.local_dispatch.detach")
-
-
-def enqueue(ready: list[Ready]) -> None:
-    """Hand ready tasks to this worker's idle threads (``local_dispatch``), the rest to the broker: those ready
-    at once in batches (``publish``), those with a countdown one by one. Only ever called through
-    ``transaction.on_commit`` (the engine's ``on_ready`` callback), so a worker never receives a task whose
-    row is not committed. A task the finish claimed for its own worker (``Ready.claimed``) is that worker's to
-    run, never published."""
-    unclaimed = [item for item in ready if item.claimed is None]
-    _hand_out([item.task_pk for item in unclaimed if not item.countdown])
-    for item in unclaimed:
-        if item.countdown:
-            task_run_task.apply_async((item.task_pk,), countdown=item.countdown)
-
-
-def _hand_out(task_pks: list[int]) -> None:
-    """Tasks that may run at once: to this worker's idle threads, what they cannot take to the broker."""
-    spilled = set(local.spill(task_pks, run=_run_spilled))
-    publish([task_pk for task_pk in task_pks if task_pk not in spilled])
-
-
-def publish(task_pks: list[int]) -> None:
-    """Send tasks that may run at once to the broker, ``LOOM_DISPATCH_BATCH`` to a message.
-
-    A job's start readies every node's create at once, and the web process that starts it has no worker
-    threads to spill into: a message per task would cost the receiving worker's one consumer thread a
-    millisecond or two of Python each, with the machines waiting in line. One message per batch is received
-    once; the thread that gets it runs the first task and spills the others to its idle threads, and what
-    they cannot take goes on, batched again, to the next worker with a free thread (``task_run_batch_task``).
-    The size bounds a message, and how many tasks one worker's queue may hold back while it hands them on."""
-    size = max(1, settings.LOOM_DISPATCH_BATCH)
-    for start in range(0, len(task_pks), size):
-        batch = task_pks[start : start + size]
-        if len(batch) == 1:
-            task_run_task.apply_async((batch[0],))
-        else:
-            task_run_batch_task.apply_async((batch,))
-
-
-MAX_CONTINUATIONS = 50
-"""Ready tasks a worker thread may run itself, one after another, before it goes back to the broker."""
-
-
-class _Continuation:
-    """An ``on_ready`` that keeps the first task ready at once (no countdown) for the calling thread and
-    publishes the rest. Running a chain's next task in the thread that finished its predecessor saves a
-    broker round trip per step (publish, deliver, a new Celery task), which on a long chain is most of the
-    time between two tasks.
-
-    On PostgreSQL the finish itself claims that task for this worker (``Ready.claimed``, one round trip
-    instead of a claim of its own); elsewhere, or when the finish claimed nothing, the first ready task is
-    kept unclaimed and claimed when it runs. Either way it is dispatched in the database like any other, so
-    should this worker die before running it, the janitor takes it back (a claimed one once its heartbeat
-    stops, an unclaimed one by its lost-message pass)."""
-
-    def __init__(self, *, keep: bool) -> None:
-        self.keep = keep
-        self.kept: int | None = None
-        self.claimed: Claimed | None = None
-
-    def __call__(self, ready: list[Ready]) -> None:
-        rest = list(ready)
-        self.claimed = next((item.claimed for item in rest if item.claimed is not None), None)
-        if self.claimed is not None:  # enqueue leaves it out
-            self.kept = self.claimed.attempt.task_id
-        elif self.keep and self.kept is None:
-            first = next((index for index, item in enumerate(rest) if not item.countdown), None)
-            if first is not None:
-                self.kept = rest.pop(first).task_pk
-        enqueue(rest)
-
-
-@shared_task(bind=True, ignore_result=True, acks_late=True)
-def task_run_task(self: object, task_pk: int) -> None:
-    with local.busy():
-        run_chain(task_pk, worker=_worker_name(self))
-
-
-@shared_task(bind=True, ignore_result=True, acks_late=True)
-def task_run_batch_task(self: object, task_pks: list[int]) -> None:
-    """Several tasks ready at once (``publish``): this thread runs the first; the others go to this worker's
-    idle threads, and what finds none goes back to the broker, batched again, for other workers. A worker
-    with no thread free takes no message (``local_dispatch`` keeps its prefetch count in step), so a batch
-    only ever lands where at least its first task runs at once. Acknowledged once this thread is done
-    (``acks_late``): should the worker die first, the batch is delivered again and tasks already claimed
-    are skipped by their claims."""
-    with local.busy():  # this thread is taken (by the first task) before it counts the idle ones
-        _hand_out(list(task_pks[1:]))
-        run_chain(task_pks[0], worker=_worker_name(self))
-
-
-def _worker_name(task: object) -> str:
-    return _worker_id(getattr(getattr(task, "request", None), "hostname", None) or "local")
-
-
-def _worker_id(hostname: str) -> str:
-    """``host/thread``: the attempt's worker id, which the heartbeat and the janitor go by."""
-    return f"{hostname}/{threading.current_thread().name}"
-
-
-def _run_spilled(task_pk: int) -> None:
-    """What an idle thread of this worker runs for a task spilled to it (``local_dispatch``)."""
-    run_chain(task_pk, worker=_worker_id(local.hostname))
-
-
-def run_chain(task_pk: int, *, worker: str) -> None:
-    """Run task ``task_pk``, then the ready tasks its finishes keep for this thread (``_Continuation``)."""
-    from .runner import task_run
-
-    next_pk: int | None = task_pk
-    claimed: Claimed | None = None
-    step = 0
-    while next_pk is not None:
-        keep = step < MAX_CONTINUATIONS
-        continuation = _Continuation(keep=keep)
-        task_run(task_pk=next_pk, worker=worker, on_ready=continuation, claimed=claimed, claim_next=keep)
-        next_pk, claimed, step = continuation.kept, continuation.claimed, step + 1
-
-
-@shared_task(ignore_result=True)
-def engine_janitor() -> dict[str, int]:
-    """Beat entry point of ``clusters.janitor.janitor_run``; returns counts for the worker log."""
-    from .janitor import janitor_run
-
-    report = janitor_run(on_ready=enqueue)
-    return {name: value if isinstance(value, int) else len(value) for name, value in vars(report).items()}
-
-
-@shared_task(ignore_result=True)
-def lease_janitor() -> dict[str, int]:
-    """Beat entry point of ``clusters.leases.lease_janitor_run``: lease warnings and expired-cluster deletes."""
-    from .leases import lease_janitor_run
-
-    report = lease_janitor_run()
-    return {name: len(pks) for name, pks in vars(report).items()}
-
-
-@shared_task(ignore_result=True)
-def provider_reaper() -> dict[str, int]:
-    """Beat entry point of ``clusters.reaper.reaper_run``; returns counts for the worker log."""
-    from .reaper import reaper_run
-
-    reports = reaper_run()
-    return {
-        "providers": len(reports),
-        "orphans": sum(len(r.orphans) for r in reports),
-        "deleted": sum(len(r.deleted) for r in reports),
-    }
-
-
-@shared_task(ignore_result=True, acks_late=True)
-def webhook_delivery_send_task(delivery_pk: int) -> None:
-    """One try of a webhook delivery; a duplicate message finds it claimed or not due and does nothing."""
-    from .webhooks import webhook_delivery_send
-
-    webhook_delivery_send(delivery_pk=delivery_pk)
-
-
-@shared_task(ignore_result=True)
-def webhook_deliveries_resend_due_task() -> int:
-    """Beat entry point of ``clusters.webhooks.webhook_deliveries_resend_due``; returns how many were queued."""
-    from .webhooks import webhook_deliveries_resend_due
-
-    return len(webhook_deliveries_resend_due())
+__all__ = [
+    "engine_janitor",
+    "lease_janitor",
+    "provider_reaper",
+    "task_run_batch_task",
+    "task_run_task",
+    "webhook_deliveries_resend_due_task",
+    "webhook_delivery_send_task",
+]

@@ -5,7 +5,7 @@ wired up) but see only each URL's origin, since a receiver URL often carries a t
 403 on writes and on the log. The ``secret`` is write-only: it is accepted on create and change and never
 returned (``has_secret`` says whether one is stored); sending it back as ``"$encrypted$"`` keeps it, as with
 provider secrets. Another tenant's webhook is a 404 like anything else of another tenant. Every write goes
-through ``clusters.webhooks``, which validates, audits and queues.
+through ``clusters.features.webhooks``, which validates, audits and queues.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from clusters.features import webhooks
+from clusters.features.webhooks import EVENTS, SECRET_MAX_LENGTH, URL_MAX_LENGTH
+from clusters.models import Webhook, WebhookDelivery
 from tenants.api import TENANT_PARAMETER, TenantScopedMixin
 from tenants.errors import ApplicationError
 from tenants.models import NAME_PATTERN
-
-from . import webhooks
-from .models import Webhook, WebhookDelivery
-from .webhooks import EVENTS, SECRET_MAX_LENGTH, URL_MAX_LENGTH
 
 DELIVERY_PK_PATTERN = r"[0-9]{1,18}"  # beyond that, not a bigint: a 404 rather than a database error
 

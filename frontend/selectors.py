@@ -14,14 +14,14 @@ from typing import Any
 from django.core.paginator import Page, Paginator
 from django.db.models import Prefetch, QuerySet
 
-from clusters.leases import Lease, cluster_lease
-from clusters.macros import MacroContext, MacroError, expand_string
+from clusters.features.leases import Lease, cluster_lease
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from clusters.planner import Action
+from clusters.planning.macros import MacroContext, MacroError, expand_string
+from clusters.planning.planner import Action
+from clusters.planning.specs import NodeSpec
 from clusters.selectors import JobProgress, clusters_for, job_progress, latest_jobs
 from clusters.services.lifecycle import ACTIVE_JOB_STATUSES
 from clusters.services.preview import PreviewRequest, cluster_preview
-from clusters.specs import NodeSpec
 from templates_app.models import ClusterTemplate
 from templates_app.services import catalog_view
 from templates_app.validation import resolve_template

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_http_methods, require_POST
 
-from clusters.leases import cluster_lease, lease_end, lease_policy
+from clusters.features.leases import cluster_lease, lease_end, lease_policy
 from clusters.models import Cluster
 from clusters.services import day2
 from clusters.services.lifecycle import ACTIVE_JOB_STATUSES, cluster_create, cluster_delete

@@ -29,7 +29,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from clusters.models import Cluster, Job, Task, TaskAttempt
-from clusters.planner import Action
+from clusters.planning.planner import Action
 from tenants.authentication import ApiTokenAuthentication
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

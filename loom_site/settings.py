@@ -3,7 +3,7 @@
 Defaults are for development and the embedded mode (SQLite + Celery's filesystem broker in a local data
 folder). Nothing secret is hard-coded: when ``LOOM_SECRET_KEY`` or ``LOOM_FIELD_ENCRYPTION_KEYS`` is unset,
 a random key is generated once and kept in the data folder (mode 0600), so a restart keeps sessions and
-can still decrypt stored secrets. Production sets them explicitly. Every knob is listed in the README.
+can still decrypt stored secrets. Production sets them explicitly. Every knob is listed in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Stable names for enums whose auto-generated names ("StatusEnum") would collide across apps.
     "ENUM_NAME_OVERRIDES": {
-        "WebhookEventEnum": "clusters.webhooks.EVENTS",
+        "WebhookEventEnum": "clusters.features.webhooks.EVENTS",
         "WebhookDeliveryStatusEnum": "clusters.models.WebhookDelivery.Status",
         "ClusterStatusEnum": "clusters.models.Cluster.Status",
         "NodeStatusEnum": "clusters.models.Node.Status",
@@ -281,7 +281,7 @@ LOOM_HEARTBEAT_SECONDS = env.float("LOOM_HEARTBEAT_SECONDS", default=10.0)
 LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
 LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
 # Tasks ready at once that a process cannot run on its own idle threads go to the broker this many to a
-# message (clusters.tasks.publish): a job's start is one or two messages, not one per node.
+# message (clusters.engine.dispatch.publish): a job's start is one or two messages, not one per node.
 LOOM_DISPATCH_BATCH = env.int("LOOM_DISPATCH_BATCH", default=64)
 LOOM_JANITOR_SECONDS = env.float("LOOM_JANITOR_SECONDS", default=15.0)
 LOOM_IDEMPOTENCY_TTL_SECONDS = env.int("LOOM_IDEMPOTENCY_TTL_SECONDS", default=86400)
@@ -296,9 +296,9 @@ LOOM_RETRY_BACKOFF_CAP_SECONDS = env.float("LOOM_RETRY_BACKOFF_CAP_SECONDS", def
 # live node is only reported before it is deleted.
 LOOM_REAPER_SECONDS = env.float("LOOM_REAPER_SECONDS", default=600.0)
 LOOM_REAPER_GRACE_SECONDS = env.int("LOOM_REAPER_GRACE_SECONDS", default=3600)
-# Dotted paths of callables that may veto a job before it starts (clusters/hooks.py).
+# Dotted paths of callables that may veto a job before it starts (clusters/features/hooks.py).
 LOOM_JOB_HOOKS = env.list("LOOM_JOB_HOOKS", default=[])
-# Webhooks (clusters/webhooks.py): tries per delivery, the request timeout, the retry backoff (doubling from
+# Webhooks (clusters/features/webhooks.py): tries per delivery, the request timeout, the retry backoff (doubling from
 # BACKOFF up to the cap, jittered), how often beat sweeps for lost deliveries and how overdue one must be.
 LOOM_WEBHOOK_MAX_ATTEMPTS = env.int("LOOM_WEBHOOK_MAX_ATTEMPTS", default=6)
 LOOM_WEBHOOK_TIMEOUT_SECONDS = env.float("LOOM_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
@@ -308,7 +308,7 @@ LOOM_WEBHOOK_SWEEP_SECONDS = env.float("LOOM_WEBHOOK_SWEEP_SECONDS", default=30.
 LOOM_WEBHOOK_LOST_SECONDS = env.float("LOOM_WEBHOOK_LOST_SECONDS", default=60.0)
 if LOOM_WEBHOOK_MAX_ATTEMPTS < 1:
     raise ImproperlyConfigured("LOOM_WEBHOOK_MAX_ATTEMPTS must be at least 1")
-# Leases (clusters/leases.py): how often beat warns about and deletes expired clusters, and how long before
+# Leases (clusters/features/leases.py): how often beat warns about and deletes expired clusters, and how long before
 # an expiry the lease warning event is sent.
 LOOM_LEASE_JANITOR_SECONDS = env.float("LOOM_LEASE_JANITOR_SECONDS", default=60.0)
 LOOM_LEASE_WARNING_SECONDS = env.int("LOOM_LEASE_WARNING_SECONDS", default=86400)

@@ -1,7 +1,7 @@
 """The macro grammar of cluster config strings, parsed without evaluating anything.
 
 Templates are checked with it when an admin saves them, so a malformed ``%...%`` is caught at save time
-instead of when a user launches a cluster; the expander in ``clusters.macros`` evaluates the parsed
+instead of when a user launches a cluster; the expander in ``clusters.planning.macros`` evaluates the parsed
 references per node. Pure Python, no Django.
 
 Grammar (text between two ``%``; ``%%`` is a literal ``%``)::

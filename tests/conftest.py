@@ -25,7 +25,7 @@ pytest_plugins = ["tests.lab.fixtures"]
 def _forget_pinned_documents() -> None:
     """Workers cache pinned service documents by (tenant, name, version) and a job's cluster by job, which
     never change in production; tests roll back and reuse ids, so each test starts with empty caches."""
-    from clusters import pins, runner
+    from clusters.engine import pins, runner
 
     pins._pinned.clear()
     runner._clusters.clear()

@@ -39,21 +39,15 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from templates_app.models import CatalogVersion
-from templates_app.services import catalog_view
-from templates_app.validation import resolve_template
-from tenants.errors import ApplicationError, Conflict
-from tenants.services import audit
-
-from ..hooks import JobRequest, check_job_start
-from ..macros import MacroContext, config_problems
-from ..models import Cluster, Job, Node
-from ..naming import node_hostname
-from ..pins import current_service_versions, pinned_service_documents
-from ..planner import Operation, Plan, PlanError, plan
-from ..selectors import cluster_require
-from ..solver import LayoutError, LayoutRequest, check_layout, solve_change
-from ..specs import (
+from clusters.engine.pins import current_service_versions, pinned_service_documents
+from clusters.engine.state import transition
+from clusters.features.hooks import JobRequest, check_job_start
+from clusters.models import Cluster, Job, Node
+from clusters.planning.macros import MacroContext, config_problems
+from clusters.planning.naming import node_hostname
+from clusters.planning.planner import Operation, Plan, PlanError, plan
+from clusters.planning.solver import LayoutError, LayoutRequest, check_layout, solve_change
+from clusters.planning.specs import (
     ClusterLayout,
     HardwareOption,
     ImageOption,
@@ -65,9 +59,14 @@ from ..specs import (
     service_spec,
     template_spec,
 )
-from ..state import transition
-from .lifecycle import ACTIVE_JOB_STATUSES, job_launch, job_limits, tenant_quota_check
-from .preview import NODE_LIST_LIMIT, plan_json
+from clusters.selectors import cluster_require
+from clusters.services.lifecycle import ACTIVE_JOB_STATUSES, job_launch, job_limits, tenant_quota_check
+from clusters.services.preview import NODE_LIST_LIMIT, plan_json
+from templates_app.models import CatalogVersion
+from templates_app.services import catalog_view
+from templates_app.validation import resolve_template
+from tenants.errors import ApplicationError, Conflict
+from tenants.services import audit
 
 NEW_NODE_PREFIX = "new-"
 """Planner node ids of nodes a scale-out adds (existing nodes are known by their ``node_key``)."""

@@ -4,7 +4,7 @@
 ``cluster_preview``), then in one transaction stores the cluster (pinned to the latest template and provider
 versions, with its first lease), its nodes, the job and its plan, re-checks the quotas under a lock on the
 tenant row, and starts the job. The ready tasks reach the broker through ``transaction.on_commit`` only
-(``engine.job_start`` → ``clusters.tasks.enqueue``), so no worker ever sees an uncommitted row.
+(``engine.job_start`` → ``clusters.engine.dispatch.enqueue``), so no worker ever sees an uncommitted row.
 
 ``cluster_delete`` plans a DELETE over every node that may still have a machine and starts it the same way.
 
@@ -20,6 +20,17 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from clusters.engine import core as engine
+from clusters.engine.dispatch import enqueue
+from clusters.engine.pins import current_service_versions, pinned_service_documents
+from clusters.engine.state import transition
+from clusters.features.hooks import JobRequest, check_job_start
+from clusters.features.leases import LeasePolicy, lease_end
+from clusters.models import DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_TIMEOUT_SECONDS, Cluster, Job, Node
+from clusters.planning.planner import Operation, Plan, PlanError, plan, staged
+from clusters.planning.specs import NodeSpec, service_spec
+from clusters.selectors import cluster_require, live_clusters
+from clusters.services.preview import PreviewRequest, cluster_preview, template_dns_suffix
 from templates_app.models import CatalogVersion
 from templates_app.services import catalog_view
 from templates_app.validation import resolve_template
@@ -27,18 +38,6 @@ from tenants.errors import Conflict, NotFound, PermissionDenied
 from tenants.models import Tenant
 from tenants.selectors import user_role
 from tenants.services import audit
-
-from .. import engine
-from ..hooks import JobRequest, check_job_start
-from ..leases import LeasePolicy, lease_end
-from ..models import DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_TIMEOUT_SECONDS, Cluster, Job, Node
-from ..pins import current_service_versions, pinned_service_documents
-from ..planner import Operation, Plan, PlanError, plan, staged
-from ..selectors import cluster_require, live_clusters
-from ..specs import NodeSpec, service_spec
-from ..state import transition
-from ..tasks import enqueue
-from .preview import PreviewRequest, cluster_preview, template_dns_suffix
 
 ACTIVE_JOB_STATUSES = (Job.Status.NOT_STARTED, Job.Status.RUNNING, Job.Status.PAUSED)
 

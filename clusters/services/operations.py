@@ -18,16 +18,15 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from clusters.engine import core as engine
+from clusters.engine.dispatch import enqueue
+from clusters.features.hooks import JobRequest, check_job_start
+from clusters.features.leases import lease_end, lease_policy
+from clusters.models import Cluster, Job
+from clusters.selectors import cluster_require
+from clusters.services.lifecycle import ACTIVE_JOB_STATUSES
 from tenants.errors import Conflict
 from tenants.services import audit
-
-from .. import engine
-from ..hooks import JobRequest, check_job_start
-from ..leases import lease_end, lease_policy
-from ..models import Cluster, Job
-from ..selectors import cluster_require
-from ..tasks import enqueue
-from .lifecycle import ACTIVE_JOB_STATUSES
 
 
 def latest_job(cluster: Cluster) -> Job:

@@ -16,18 +16,24 @@ from typing import Any
 
 from django.conf import settings
 
+from clusters.planning.macros import MacroContext, config_problems
+from clusters.planning.naming import FIRST_NODE_NUMBER, node_hostname
+from clusters.planning.planner import Operation, Plan, PlanError, plan
+from clusters.planning.solver import LayoutError, LayoutRequest, solve
+from clusters.planning.specs import (
+    ClusterLayout,
+    HardwareOption,
+    NodeSpec,
+    provider_options,
+    service_spec,
+    template_spec,
+)
 from templates_app.models import ClusterTemplate
 from templates_app.plugin_types import FieldSchema, registry
 from templates_app.services import catalog_view
 from templates_app.validation import resolve_template
 from tenants.errors import ApplicationError, NotFound
 from tenants.models import Tenant
-
-from ..macros import MacroContext, config_problems
-from ..naming import FIRST_NODE_NUMBER, node_hostname
-from ..planner import Operation, Plan, PlanError, plan
-from ..solver import LayoutError, LayoutRequest, solve
-from ..specs import ClusterLayout, HardwareOption, NodeSpec, provider_options, service_spec, template_spec
 
 NODE_LIST_LIMIT = 200
 TASK_LIST_LIMIT = 2000

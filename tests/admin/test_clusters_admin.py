@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from clusters import admin as clusters_admin
-from clusters.engine import job_start, task_claim, task_finish
+from clusters.engine.core import job_start, task_claim, task_finish
+from clusters.features.webhooks import webhook_create, webhook_ping
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, Webhook, WebhookDelivery
-from clusters.webhooks import webhook_create, webhook_ping
 from providers.secrets import decrypt_json, register_secrets
 from templates_app.services import catalog_import
 from tenants.models import AuditEvent

@@ -21,9 +21,9 @@ from django.utils.dateparse import parse_datetime
 from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
-from clusters.hooks import JobRequest, _hooks
+from clusters.features.hooks import JobRequest, _hooks
 from clusters.models import Cluster, IdempotencyRecord, Job, Task
-from clusters.planner import Action
+from clusters.planning.planner import Action
 from templates_app.services import catalog_import
 from tenants.models import AuditEvent, Role, Tenant
 from tests.api.helpers import API, body, error_of, results

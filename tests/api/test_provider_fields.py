@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from clusters.engine.runner import cluster_driver
 from clusters.models import Cluster
-from clusters.runner import cluster_driver
 from providers.models import Provider
 from templates_app.services import catalog_entity_save
 

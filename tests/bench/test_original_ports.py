@@ -10,9 +10,9 @@ from types import MappingProxyType
 
 from bench import original_planner, original_solver, planner_cases
 from bench.original_planner import ActionOnService, TaskNode
-from clusters.planner import Operation, plan
-from clusters.solver import LayoutRequest, check_layout
-from clusters.specs import (
+from clusters.planning.planner import Operation, plan
+from clusters.planning.solver import LayoutRequest, check_layout
+from clusters.planning.specs import (
     ClusterLayout,
     HardwareOption,
     ImageOption,

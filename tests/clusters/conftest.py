@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from clusters.models import Cluster, Job
-from clusters.planner import Plan
+from clusters.planning.planner import Plan
 
 from .engine_helpers import lamp_job
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clusters.engine import Ready, job_persist_plan, task_claim, task_finish
+from clusters.engine.core import Ready, job_persist_plan, task_claim, task_finish
+from clusters.engine.runner import task_run
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from clusters.planner import Plan
-from clusters.runner import task_run
+from clusters.planning.planner import Plan
 from clusters.services.preview import PreviewRequest, cluster_preview
 from templates_app.models import CatalogVersion
 from tenants.models import Tenant

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from clusters import tasks
-from clusters.engine import Ready
+from clusters.engine import dispatch
+from clusters.engine.core import Ready
 
 
 def test_the_first_task_ready_at_once_is_kept_and_the_rest_published(monkeypatch: pytest.MonkeyPatch) -> None:
     published: list[list[Ready]] = []
-    monkeypatch.setattr(tasks, "enqueue", published.append)  # the broker publish is not what is tested here
-    continuation = tasks._Continuation(keep=True)
+    monkeypatch.setattr(dispatch, "enqueue", published.append)  # the broker publish is not what is tested here
+    continuation = dispatch._Continuation(keep=True)
     continuation([Ready(1, 5.0), Ready(2), Ready(3)])
     assert continuation.kept == 2 and published == [[Ready(1, 5.0), Ready(3)]]
     continuation([Ready(4)])  # a second batch (e.g. a JOIN cascade) is published: one task is kept at most
@@ -21,7 +21,7 @@ def test_the_first_task_ready_at_once_is_kept_and_the_rest_published(monkeypatch
 
 def test_a_thread_that_used_up_its_continuations_publishes_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     published: list[list[Ready]] = []
-    monkeypatch.setattr(tasks, "enqueue", published.append)
-    continuation = tasks._Continuation(keep=False)
+    monkeypatch.setattr(dispatch, "enqueue", published.append)
+    continuation = dispatch._Continuation(keep=False)
     continuation([Ready(7), Ready(8)])
     assert continuation.kept is None and published == [[Ready(7), Ready(8)]]

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from guardian.shortcuts import assign_perm
 
-from clusters import runner
-from clusters.hooks import JobRequest, JobVetoed, _hooks
+from clusters.engine import runner
+from clusters.features.hooks import JobRequest, JobVetoed, _hooks
 from clusters.models import Cluster, Job, Node, Task
-from clusters.planner import Action
+from clusters.planning.planner import Action
 from clusters.services.day2 import (
     cluster_reconfigure,
     cluster_scale_in,

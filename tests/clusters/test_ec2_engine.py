@@ -18,8 +18,8 @@ from typing import Any
 import boto3
 import pytest
 
+from clusters.engine.runner import cluster_key
 from clusters.models import Cluster, Node
-from clusters.runner import cluster_key
 from clusters.services.lifecycle import cluster_create, cluster_delete
 from clusters.services.preview import PreviewRequest
 from providers.drivers.cloud import TAG_PROVIDER, TEST_HOOK_ENV

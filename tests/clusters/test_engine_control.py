@@ -13,7 +13,7 @@ import pytest
 from django.db.models import Q
 from django.utils import timezone
 
-from clusters.engine import (
+from clusters.engine.core import (
     Ready,
     job_abort,
     job_pause,
@@ -23,16 +23,16 @@ from clusters.engine import (
     task_finish,
     tenant_dispatch,
 )
-from clusters.heartbeat import Heartbeat
-from clusters.hooks import JobRequest, JobVetoed, _hooks
-from clusters.janitor import janitor_run
-from clusters.leases import lease_policy
+from clusters.engine.heartbeat import Heartbeat
+from clusters.engine.janitor import janitor_run
+from clusters.engine.pins import pinned_service_documents
+from clusters.engine.signals import JobEvent, JobEventData, job_event
+from clusters.features.hooks import JobRequest, JobVetoed, _hooks
+from clusters.features.leases import lease_policy
 from clusters.models import Cluster, IdempotencyRecord, Job, Task
-from clusters.pins import pinned_service_documents
-from clusters.planner import Action, staged
+from clusters.planning.planner import Action, staged
 from clusters.services.lifecycle import cluster_create, job_limits
 from clusters.services.preview import PreviewRequest
-from clusters.signals import JobEvent, JobEventData, job_event
 from templates_app.models import Service
 from templates_app.problems import CatalogValidationError
 from templates_app.services import catalog_entity_save, catalog_import

@@ -14,8 +14,8 @@ from django.db import connection
 from django.utils import timezone
 
 from bench.planner_cases import hadoop_nodes, hadoop_services
-from clusters import engine
-from clusters.engine import (
+from clusters.engine import core as engine
+from clusters.engine.core import (
     Ready,
     job_persist_plan,
     job_retry,
@@ -25,11 +25,11 @@ from clusters.engine import (
     task_claim,
     task_finish,
 )
+from clusters.engine.state import IllegalTransition, allowed_from, transition, transition_many
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from clusters.planner import Action, Operation, plan
+from clusters.planning.planner import Action, Operation, plan
+from clusters.planning.specs import NodeSpec
 from clusters.services.preview import PreviewRequest, cluster_preview
-from clusters.specs import NodeSpec
-from clusters.state import IllegalTransition, allowed_from, transition, transition_many
 from providers.secrets import register_secrets
 from tenants.errors import Conflict
 

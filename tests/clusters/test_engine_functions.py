@@ -1,4 +1,4 @@
-"""The engine's PostgreSQL functions (``clusters/pg_functions.py``) and the worker-side shortcuts that ride on
+"""The engine's PostgreSQL functions (``clusters/engine/pg_functions.py``) and the worker-side shortcuts that ride on
 them: a finish that claims the next task for its own worker, the node read without a compiled query, and
 the per-job cluster cache. Whole-job behaviour on both paths (functions, and the ORM path run on the same
 database) is covered by ``test_engine_db.py`` and ``test_engine_control.py``."""
@@ -13,11 +13,12 @@ from django.db import connection, transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from clusters import engine, rows, runner, tasks
-from clusters.engine import Ready, job_pause, job_start, task_claim_for_run, task_finish
+from clusters.engine import core as engine
+from clusters.engine import dispatch, rows, runner
+from clusters.engine.core import Ready, job_pause, job_start, task_claim_for_run, task_finish
+from clusters.engine.pg_functions import FUNCTIONS, install_engine_functions
 from clusters.models import Node, Task, TaskAttempt
-from clusters.pg_functions import FUNCTIONS, install_engine_functions
-from clusters.planner import Action
+from clusters.planning.planner import Action
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
 from templates_app.services import catalog_import
@@ -108,15 +109,15 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """What ``clusters.tasks`` sends to the broker, task by task: batches (``publish``) and single tasks with a
     countdown. Nothing here is a worker with idle threads, so nothing is spilled."""
     sent: list[int] = []
-    monkeypatch.setattr(tasks, "publish", sent.extend)
-    monkeypatch.setattr(tasks.task_run_task, "apply_async", lambda args, countdown=None: sent.append(args[0]))
+    monkeypatch.setattr(dispatch, "publish", sent.extend)
+    monkeypatch.setattr(dispatch.task_run_task, "apply_async", lambda args, countdown=None: sent.append(args[0]))
     return sent
 
 
 def test_a_claimed_task_is_never_published(transactional_db, lamp, published):
     create, _ = _chain_start(lamp)
     claimed = task_claim_for_run(task_pk=create.pk, worker="w/1")
-    ready = task_finish(attempt=claimed.attempt, outcome=OK, on_ready=tasks.enqueue, claim_next_for="w/1")
+    ready = task_finish(attempt=claimed.attempt, outcome=OK, on_ready=dispatch.enqueue, claim_next_for="w/1")
     assert published == [r.task_pk for r in ready if r.claimed is None]
     assert any(r.claimed is not None for r in ready)
 
@@ -131,14 +132,14 @@ def test_a_worker_runs_a_chain_claiming_each_step_once_and_leaves_nothing_runnin
     cluster, job = cluster_create(user=admin_a, tenant=tenant_a, request=PreviewRequest("chain", "stack", 3))
     first, queue = published[0], published[1:]
     published.clear()
-    tasks.task_run_task(first)
+    dispatch.task_run_task(first)
     done = Task.objects.filter(job=job, status="completed").exclude(action=Action.JOIN)
     assert done.count() > 3  # create, confirm, bootstrap and on: the chain ran in this thread
     assert not Task.objects.filter(job=job, status="running").exists()
     queue += published
     while queue:  # everything else went to the broker: run it all the same way until the job is done
         published.clear()
-        tasks.task_run_task(queue.pop(0))
+        dispatch.task_run_task(queue.pop(0))
         queue += published
     refresh(cluster, job)
     assert job.status == "completed" and cluster.status == "active"

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from clusters.engine import Ready, task_claim, task_release
+from clusters.engine.core import Ready, task_claim, task_release
+from clusters.engine.runner import task_run
+from clusters.engine.state import transition
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
-from clusters.planner import Action
-from clusters.runner import task_run
+from clusters.planning.planner import Action
 from clusters.services.lifecycle import cluster_create, cluster_delete
 from clusters.services.preview import PreviewRequest
-from clusters.state import transition
 from providers.models import FakeCallCount, Provider
 from providers.services import provider_key
 from templates_app.services import catalog_import

@@ -12,13 +12,13 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from clusters.hooks import JobRequest, JobVetoed, _hooks
-from clusters.leases import LeasePolicy, lease_end, lease_janitor_run, lease_policy
+from clusters.engine.signals import JobEvent, JobEventData, job_event
+from clusters.features.hooks import JobRequest, JobVetoed, _hooks
+from clusters.features.leases import LeasePolicy, lease_end, lease_policy
 from clusters.models import Cluster, Job
+from clusters.services.lease_expiry import lease_janitor, lease_janitor_run
 from clusters.services.lifecycle import cluster_delete
 from clusters.services.operations import cluster_lease_extend
-from clusters.signals import JobEvent, JobEventData, job_event
-from clusters.tasks import lease_janitor
 from templates_app.services import catalog_entity_save, catalog_import
 from tenants.errors import ApplicationError, Conflict
 from tenants.models import AuditEvent, Tenant

@@ -1,4 +1,4 @@
-"""Local dispatch (``clusters/local_dispatch.py``) and the batches of ``clusters.tasks``: what a worker can run
+"""Local dispatch (``clusters/engine/local_dispatch.py``) and the batches of ``clusters.tasks``: what a worker can run
 on its own idle threads never crosses the broker, and what it cannot goes out a batch to a message.
 
 The pool is a real ``ThreadPoolExecutor`` (what Celery's thread pool wraps); the broker edge is recorded by
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from clusters import tasks
-from clusters.engine import Claimed, Ready
-from clusters.local_dispatch import LocalDispatch, attach_to_worker
+from clusters.engine import dispatch as handoff
+from clusters.engine.core import Claimed, Ready
+from clusters.engine.local_dispatch import LocalDispatch, attach_to_worker
 
 WAIT_S = 10
 
@@ -147,7 +147,7 @@ def test_a_spilled_run_that_raises_is_logged_and_gives_its_thread_back(dispatch,
     def broken(task_pk: int) -> None:
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="clusters.local_dispatch"):
+    with caplog.at_level(logging.ERROR, logger="clusters.engine.local_dispatch"):
         assert dispatch.spill([7], broken) == [7]
         pool.shutdown(wait=True)
     assert "spilled task 7 failed" in caplog.text and "boom" in caplog.text
@@ -168,7 +168,7 @@ def test_the_worker_ready_signal_attaches_a_thread_pool_and_nothing_else(pool):
     class PreforkPool:
         limit = 4
 
-    from clusters.local_dispatch import local
+    from clusters.engine.local_dispatch import local
 
     try:
         attach_to_worker(sender=Consumer(PreforkPool()))
@@ -186,7 +186,7 @@ def test_the_worker_ready_signal_attaches_a_thread_pool_and_nothing_else(pool):
 def broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any, float | None]]:
     """Every message ``clusters.tasks`` sends: (task, its argument, countdown)."""
     sent: list[tuple[str, Any, float | None]] = []
-    for task in (tasks.task_run_task, tasks.task_run_batch_task):
+    for task in (handoff.task_run_task, handoff.task_run_batch_task):
         monkeypatch.setattr(task, "apply_async",
                             lambda args, countdown=None, name=task.name: sent.append((name, args[0], countdown)))  # fmt: skip
     return sent
@@ -196,8 +196,8 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any, float | None
 def spills(monkeypatch: pytest.MonkeyPatch, dispatch: LocalDispatch) -> Recorder:
     """``clusters.tasks`` spilling into ``dispatch`` (4 threads, all idle), recording what ran there."""
     run = Recorder()
-    monkeypatch.setattr(tasks, "local", dispatch)
-    monkeypatch.setattr(tasks, "_run_spilled", run)
+    monkeypatch.setattr(handoff, "local", dispatch)
+    monkeypatch.setattr(handoff, "_run_spilled", run)
     return run
 
 
@@ -205,21 +205,21 @@ def test_enqueue_spills_what_idle_threads_can_take_and_batches_the_rest(broker, 
     settings.LOOM_DISPATCH_BATCH = 4
     claimed = Claimed(attempt=None, action="install", service="app", node_id=None, job_id=1, node=None)  # type: ignore[arg-type]
     ready = [Ready(pk) for pk in range(1, 11)] + [Ready(20, countdown=5.0), Ready(30, claimed=claimed)]
-    tasks.enqueue(ready)
+    handoff.enqueue(ready)
     spills.wait_for(3)
     assert sorted(pk for pk, _ in spills.ran) == [1, 2, 3], "4 idle threads: 3 spilled, one left to Celery"
-    name = tasks.task_run_batch_task.name
+    name = handoff.task_run_batch_task.name
     assert broker == [
         (name, [4, 5, 6, 7], None),
         (name, [8, 9, 10], None),
-        (tasks.task_run_task.name, 20, 5.0),  # a countdown is never spilled nor batched
+        (handoff.task_run_task.name, 20, 5.0),  # a countdown is never spilled nor batched
     ], "task 30 was claimed by the finish for its own thread: it is never sent"
 
 
 def test_a_batch_of_one_is_a_plain_message(broker, settings):
     settings.LOOM_DISPATCH_BATCH = 4
-    tasks.publish([1, 2, 3, 4, 5])
-    assert broker == [(tasks.task_run_batch_task.name, [1, 2, 3, 4], None), (tasks.task_run_task.name, 5, None)]
+    handoff.publish([1, 2, 3, 4, 5])
+    assert broker == [(handoff.task_run_batch_task.name, [1, 2, 3, 4], None), (handoff.task_run_task.name, 5, None)]
 
 
 def test_a_batch_runs_its_first_task_in_the_receiving_thread_spills_what_it_can_and_sends_on_the_rest(
@@ -227,13 +227,13 @@ def test_a_batch_runs_its_first_task_in_the_receiving_thread_spills_what_it_can_
 ):
     settings.LOOM_DISPATCH_BATCH = 2
     chains: list[tuple[int, str]] = []
-    monkeypatch.setattr(tasks, "run_chain", lambda task_pk, *, worker: chains.append((task_pk, worker)))
+    monkeypatch.setattr(handoff, "run_chain", lambda task_pk, *, worker: chains.append((task_pk, worker)))
     spills.gate.clear()  # two threads already busy with earlier spills
     assert dispatch.spill([90, 91], spills) == [90, 91]
-    tasks.task_run_batch_task([1, 2, 3, 4, 5])
+    handoff.task_run_batch_task([1, 2, 3, 4, 5])
     assert chains == [(1, f"local/{threading.current_thread().name}")]
     # The receiving thread is the third busy one; the fourth is the one left to Celery: the rest goes on.
-    name = tasks.task_run_batch_task.name
+    name = handoff.task_run_batch_task.name
     assert broker == [(name, [2, 3], None), (name, [4, 5], None)]
     spills.gate.set()
     spills.wait_for(2)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clusters.macros import MacroContext, MacroError, config_problems, expand_config, expand_string
-from clusters.specs import NodeSpec
+from clusters.planning.macros import MacroContext, MacroError, config_problems, expand_config, expand_string
+from clusters.planning.specs import NodeSpec
 
 
 def node(number: int, *services: str, hostname: str | None = None, ips: dict | None = None) -> NodeSpec:
@@ -97,7 +97,7 @@ def test_config_problems_lists_each_problem_once():
 
 def test_the_pure_cores_import_no_django():
     code = (
-        "import sys, clusters.macros, clusters.planner, clusters.solver, clusters.specs; "
+        "import sys, clusters.planning.macros, clusters.planning.planner, clusters.planning.solver, clusters.planning.specs; "
         "print(any(m.startswith('django') for m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""Usage metering (clusters/metering.py) and ``GET /api/v2/usage/nodes``: node-hours checked against a case
+"""Usage metering (clusters/features/metering.py) and ``GET /api/v2/usage/nodes``: node-hours checked against a case
 computed by hand from fixed timestamps, the bucket arithmetic at period edges, and who may read what."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from clusters.metering import Lifetime, bucket_starts, node_usage, usage_compute
+from clusters.features.metering import Lifetime, bucket_starts, node_usage, usage_compute
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
 from templates_app.services import catalog_import
 from tests.clusters.engine_helpers import make_cluster

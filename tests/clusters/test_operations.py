@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from guardian.shortcuts import assign_perm
 
-from clusters.hooks import JobRequest, JobVetoed, _hooks
+from clusters.features.hooks import JobRequest, JobVetoed, _hooks
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
-from clusters.planner import Action
+from clusters.planning.planner import Action
 from clusters.selectors import cluster_get, clusters_for, job_progress
 from clusters.services.lifecycle import QuotaExceeded, cluster_create, cluster_delete, tenant_quota_check
 from clusters.services.operations import cluster_abort, cluster_pause, cluster_resume, cluster_retry

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusters.planner import Action, Operation, Plan, PlanError, dependency_graph, plan
-from clusters.specs import SERVICE_ACTIONS, NodeSpec, ServiceSpec
+from clusters.planning.planner import Action, Operation, Plan, PlanError, dependency_graph, plan
+from clusters.planning.specs import SERVICE_ACTIONS, NodeSpec, ServiceSpec
 
 ALL = frozenset(SERVICE_ACTIONS)
 Triple = tuple[str | None, Action, str]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clusters.planner import Action
+from clusters.planning.planner import Action
 
 PREVIEW = "/api/v2/clusters/preview"
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from clusters.engine.reaper import reaper_run
 from clusters.models import Node
-from clusters.reaper import reaper_run
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
 from providers.drivers import MachineSpec
@@ -38,7 +38,7 @@ def test_the_reaper_keeps_live_nodes_machines_and_reaps_an_orphan_after_the_grac
     assert [o.machine_id for o in first.orphans] == [orphan] and first.waiting == (orphan,) and not first.deleted
     later = timezone.now() + timedelta(seconds=601)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("clusters.reaper.timezone.now", lambda: later)
+        patch.setattr("clusters.engine.reaper.timezone.now", lambda: later)
         (second,) = reaper_run()
     assert second.deleted == (orphan,)
     live = machines(provider).filter(deleted_at__isnull=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from clusters.engine.runner import Waiting, expanded_inputs
 from clusters.models import Cluster, Node, Task
-from clusters.planner import Action
-from clusters.runner import Waiting, expanded_inputs
+from clusters.planning.planner import Action
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
 from providers.drivers import TerminalError

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from clusters import solver
-from clusters.solver import LayoutError, LayoutRequest, check_layout, solve, solve_change
-from clusters.specs import (
+from clusters.planning import solver
+from clusters.planning.solver import LayoutError, LayoutRequest, check_layout, solve, solve_change
+from clusters.planning.specs import (
     ClusterLayout,
     HardwareOption,
     ImageOption,

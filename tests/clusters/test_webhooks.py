@@ -23,19 +23,19 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from clusters import webhooks
-from clusters.engine import job_start
-from clusters.models import Cluster, Job, Webhook, WebhookDelivery
-from clusters.services.lifecycle import cluster_create
-from clusters.services.preview import PreviewRequest
-from clusters.signals import JobEvent, JobEventData, send_job_event
-from clusters.webhooks import (
+from clusters.engine.core import job_start
+from clusters.engine.signals import JobEvent, JobEventData, send_job_event
+from clusters.features import webhooks
+from clusters.features.webhooks import (
     on_job_event,
     webhook_create,
     webhook_deliveries_resend_due,
     webhook_delivery_send,
     webhook_ping,
 )
+from clusters.models import Cluster, Job, Webhook, WebhookDelivery
+from clusters.services.lifecycle import cluster_create
+from clusters.services.preview import PreviewRequest
 from providers.secrets import decrypt_json, redact
 from templates_app.services import catalog_import
 from tenants.models import AuditEvent
@@ -197,7 +197,7 @@ def test_500_twice_then_200_is_delivered_on_the_third_try_with_every_try_logged(
     hook, admin_a, receiver, django_capture_on_commit_callbacks, caplog
 ):
     receiver.answers.extend([(500, b"database down"), (500, b"still down"), (200, b"thanks")])
-    caplog.set_level(logging.INFO, logger="clusters.webhooks")
+    caplog.set_level(logging.INFO, logger="clusters.features.webhooks")
     before = timezone.now()
     # The retry the first failure queues runs at once in eager mode and finds the delivery not yet due.
     with django_capture_on_commit_callbacks(execute=True):
@@ -366,7 +366,7 @@ def test_the_receiver_makes_as_many_queries_for_five_webhooks_as_for_one(shop, t
 def test_a_broker_outage_leaves_the_delivery_for_the_sweep(
     hook, admin_a, receiver, monkeypatch, django_capture_on_commit_callbacks, caplog
 ):
-    from clusters.tasks import webhook_delivery_send_task
+    from clusters.features.webhooks import webhook_delivery_send_task
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker unreachable")

@@ -22,9 +22,9 @@ import redis
 from django.db import connection
 
 from bench import workers as bench_workers
-from clusters.engine import job_retry
+from clusters.engine.core import job_retry
+from clusters.engine.dispatch import enqueue
 from clusters.models import Cluster, Job, Task, TaskAttempt
-from clusters.tasks import enqueue
 from loom_site.celery import app
 from providers.models import FakeMachine, Provider
 from providers.services import provider_key

@@ -9,10 +9,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from clusters import automation
+from clusters.engine import automation
+from clusters.engine.pins import pinned_service_documents
+from clusters.engine.runner import expanded_inputs
 from clusters.models import Cluster, Job, Node
-from clusters.pins import pinned_service_documents
-from clusters.runner import expanded_inputs
 from clusters.services.lifecycle import cluster_delete
 from loom_site.celery import app
 from providers.drivers.local import LocalDriver

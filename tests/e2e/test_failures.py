@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from clusters.engine import job_retry
+from clusters.engine.core import job_retry
+from clusters.engine.dispatch import enqueue
 from clusters.models import Cluster, Job, Node, Task, TaskAttempt
 from clusters.services.lifecycle import cluster_create, cluster_delete
 from clusters.services.preview import PreviewRequest
-from clusters.tasks import enqueue
 from providers.credentials import generate_ed25519
 from providers.resources import resources_import_dir
 from providers.ssh import ConnectFailed, fingerprint, open_session, parse_host_key

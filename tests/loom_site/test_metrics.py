@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from clusters.engine import job_start, task_claim
+from clusters.engine.core import job_start, task_claim
 from clusters.models import Task, TaskAttempt
 from loom_site.logging import JsonFormatter
 from loom_site.metrics import DURATION_BUCKETS, SCRAPE_QUERIES, collect

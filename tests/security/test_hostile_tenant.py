@@ -22,9 +22,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from guardian.models import UserObjectPermission
 
-from clusters.automation import node_session
+from clusters.engine.automation import node_session
+from clusters.features.webhooks import webhook_delivery_send, webhook_ping
 from clusters.models import Cluster, Node, Webhook, WebhookDelivery
-from clusters.webhooks import webhook_delivery_send, webhook_ping
 from providers import egress
 from providers.automators.ansible import AnsibleAutomator
 from providers.drivers.base import TerminalError
@@ -126,7 +126,7 @@ class TestWebhooks:
         listener.settimeout(0.5)
         port = listener.getsockname()[1]
         settings.LOOM_EGRESS_ALLOW_NETWORKS = ["127.0.0.0/8"]
-        from clusters.webhooks import webhook_create
+        from clusters.features.webhooks import webhook_create
 
         hook = webhook_create(actor=admin_a, tenant=tenant_a, name="ops", url=f"http://127.0.0.1:{port}/h",
                               secret="s" * 24)  # fmt: skip

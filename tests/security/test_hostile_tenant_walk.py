@@ -40,11 +40,11 @@ from drf_spectacular.generators import SchemaGenerator
 from guardian.models import GroupObjectPermission, UserObjectPermission
 from rest_framework.test import APIClient
 
-from clusters.engine import task_claim
+from clusters.engine.core import task_claim
+from clusters.features.webhooks import webhook_create, webhook_ping
 from clusters.models import Task, TaskAttempt
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
-from clusters.webhooks import webhook_create, webhook_ping
 from providers.pool import pool_host_register
 from providers.resources import ResourceKey, resource_stage, resource_upload
 from templates_app.kinds import all_kinds

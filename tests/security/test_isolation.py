@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from clusters.engine import task_claim
+from clusters.engine.core import task_claim
+from clusters.features.webhooks import webhook_create, webhook_ping
 from clusters.models import Task
 from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
-from clusters.webhooks import webhook_create, webhook_ping
 from templates_app.kinds import all_kinds
 from templates_app.services import catalog_entity_save
 from tenants.models import ApiToken, AuditEvent, Membership

@@ -1,21 +1,21 @@
 """The orphan reaper's schedule: which providers to scan and what counts as a live node.
 
 It lives in ``clusters`` because "live" is a fact about nodes; ``providers.services.reaper_scan`` does
-the scan itself and knows nothing about clusters. Beat runs it through ``clusters.tasks.provider_reaper``.
+the scan itself and knows nothing about clusters. Beat runs it through ``provider_reaper`` below.
 """
 
 from __future__ import annotations
 
 import logging
 
+from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from clusters.models import Node
 from providers.drivers import DRIVERS, DriverError
 from providers.models import Provider
 from providers.services import ReaperReport, reaper_scan
-
-from .models import Node
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +49,14 @@ def reaper_run() -> list[ReaperReport]:
                 extra={"provider": provider.pk, "orphans": len(report.orphans), "deleted": list(report.deleted)},
             )
     return reports
+
+
+@shared_task(name="clusters.tasks.provider_reaper", ignore_result=True)
+def provider_reaper() -> dict[str, int]:
+    """Beat entry point of ``reaper_run``; returns counts for the worker log."""
+    reports = reaper_run()
+    return {
+        "providers": len(reports),
+        "orphans": sum(len(r.orphans) for r in reports),
+        "deleted": sum(len(r.deleted) for r in reports),
+    }

@@ -5,7 +5,7 @@
 gets a 409 with that reason, and nothing is created. Typical uses: a change freeze, a cost check against a
 budget system, "no deletes of clusters tagged production". Hooks run in the request, inside its
 transaction, so they must be quick; for reacting to what happened afterwards, use webhooks or the
-``clusters.signals.job_event`` signal instead.
+``clusters.engine.signals.job_event`` signal instead.
 
 A hook that fails with any other exception also stops the job (fail closed: a broken policy check must not
 wave everything through), and the error is logged.

@@ -2,7 +2,7 @@
 
 Each worker process keeps the set of tasks its threads are running; one daemon thread per process stamps
 ``heartbeat_at`` on all of them every ``LOOM_HEARTBEAT_SECONDS`` with a single UPDATE. A worker that dies
-(``kill -9``, OOM, a lost machine) stops stamping, and the janitor (``clusters.janitor``) takes the task
+(``kill -9``, OOM, a lost machine) stops stamping, and the janitor (``clusters.engine.janitor``) takes the task
 back after ``LOOM_HEARTBEAT_TIMEOUT`` seconds. One thread per process rather than one per task keeps the
 cost at one query per interval however many tasks a worker runs.
 
@@ -22,7 +22,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import Task
+from clusters.models import Task
 
 logger = logging.getLogger(__name__)
 

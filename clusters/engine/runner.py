@@ -34,28 +34,27 @@ from typing import Any
 
 from django.conf import settings
 
+from clusters.engine import automation
+from clusters.engine.core import Claimed, OnReady, Ready, task_claim_for_run, task_finish, task_release
+from clusters.engine.heartbeat import heartbeat
+from clusters.engine.pins import pinned_service_documents
+from clusters.engine.rows import node_read
+from clusters.models import Cluster, Node, TaskAttempt
+from clusters.planning.macros import MacroContext, MacroError, expand_config
+from clusters.planning.planner import Action
+from clusters.planning.specs import NodeSpec
 from providers.automators import noop
 from providers.drivers.base import Driver, MachineSpec, NotReady, TerminalError, TransientError
 from providers.models import Provider
 from providers.services import provider_driver
 from templates_app.macro_syntax import json_strings
 
-from . import automation
-from .engine import Claimed, OnReady, Ready, task_claim_for_run, task_finish, task_release
-from .heartbeat import heartbeat
-from .macros import MacroContext, MacroError, expand_config
-from .models import Cluster, Node, TaskAttempt
-from .pins import pinned_service_documents
-from .planner import Action
-from .rows import node_read
-from .specs import NodeSpec
-
 logger = logging.getLogger(__name__)
 
 MACRO_WAIT_SECONDS = 2.0
 """How long a task whose config needs a peer's address waits before trying again."""
 
-# Service actions: ``noop`` ones run here, every other automator type over SSH (``clusters/automation.py``).
+# Service actions: ``noop`` ones run here, every other automator type over SSH (``clusters/engine/automation.py``).
 SERVICE_ACTIONS = frozenset(
     {Action.INSTALL, Action.CONFIGURE, Action.INITIALIZE, Action.START, Action.STOP, Action.REMOVE}
 )

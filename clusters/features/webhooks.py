@@ -2,7 +2,7 @@
 
 How an event travels, and why it cannot hurt the engine:
 
-1. The engine sends ``clusters.signals.job_event`` after its transaction commits. ``on_job_event`` (connected
+1. The engine sends ``clusters.engine.signals.job_event`` after its transaction commits. ``on_job_event`` (connected
    in ``ClustersConfig.ready``) costs one indexed query when the tenant has no webhook; otherwise it stores
    one ``WebhookDelivery`` per matching active webhook and hands "send delivery N" to the broker on commit.
    It never raises: a broken receiver must not turn a finished job into an error.
@@ -44,21 +44,21 @@ from http.client import HTTPException
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from clusters.engine.backoff import jittered_backoff
+from clusters.engine.signals import JobEvent, JobEventData
+from clusters.models import Cluster, Job, Webhook, WebhookDelivery
 from providers.egress import EgressRefused, check_url_field, resolve_checked, url_host_port
 from providers.secrets import ENCRYPTED, SecretsError, decrypt_json, encrypt_json, redact, register_secrets
 from tenants.errors import ApplicationError, Conflict, NotFound, PermissionDenied
 from tenants.models import NAME_PATTERN, Role, Tenant
 from tenants.selectors import user_role
 from tenants.services import audit
-
-from .backoff import jittered_backoff
-from .models import Cluster, Job, Webhook, WebhookDelivery
-from .signals import JobEvent, JobEventData
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +345,6 @@ def _create_deliveries(webhook_pks: Iterable[int], event: str, payload: dict[str
 
 def _enqueue_on_commit(pks: list[int], countdown: float | None = None) -> None:
     def send() -> None:
-        from .tasks import webhook_delivery_send_task
-
         for pk in pks:
             try:
                 webhook_delivery_send_task.apply_async((pk,), countdown=countdown)
@@ -391,7 +389,7 @@ def webhook_deliveries_create(*, data: JobEventData) -> list[WebhookDelivery]:
 
 
 def on_job_event(sender: Any, data: JobEventData, **kwargs: Any) -> None:
-    """Receiver of ``clusters.signals.job_event``. Never raises: the job it reports on has committed, and a
+    """Receiver of ``clusters.engine.signals.job_event``. Never raises: the job it reports on has committed, and a
     webhook problem must not surface as an engine error."""
     try:
         webhook_deliveries_create(data=data)
@@ -638,3 +636,15 @@ def webhook_deliveries_resend_due(*, now: datetime | None = None) -> list[int]:
         logger.warning("resending overdue webhook deliveries", extra={"deliveries": pks})
         _enqueue_on_commit(pks)
     return pks
+
+
+@shared_task(name="clusters.tasks.webhook_delivery_send_task", ignore_result=True, acks_late=True)
+def webhook_delivery_send_task(delivery_pk: int) -> None:
+    """One try of a webhook delivery; a duplicate message finds it claimed or not due and does nothing."""
+    webhook_delivery_send(delivery_pk=delivery_pk)
+
+
+@shared_task(name="clusters.tasks.webhook_deliveries_resend_due_task", ignore_result=True)
+def webhook_deliveries_resend_due_task() -> int:
+    """Beat entry point of ``webhook_deliveries_resend_due``; returns how many were queued."""
+    return len(webhook_deliveries_resend_due())

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import models
 
-from .models import Cluster, Job, Task
+from clusters.models import Cluster, Job, Task
 
 C, J, T = Cluster.Status, Job.Status, Task.Status
 

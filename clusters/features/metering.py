@@ -31,12 +31,11 @@ from typing import Any
 from django.db.models import Max, Min, Q, QuerySet
 from django.utils import timezone
 
+from clusters.models import Cluster, Node, TaskAttempt
+from clusters.planning.planner import Action
 from tenants.errors import ApplicationError, NotFound, PermissionDenied
 from tenants.models import Membership, Role, Tenant
 from tenants.selectors import user_role
-
-from .models import Cluster, Node, TaskAttempt
-from .planner import Action
 
 GROUPS = ("hour", "day", "week", "month")
 MAX_BUCKETS = 10_000

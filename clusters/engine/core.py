@@ -25,12 +25,12 @@ Concurrency model, and why:
 * Successors are released with ``pending_deps = pending_deps - n`` and moved (waiting → queued, a JOIN →
   completed) in the same UPDATE. JOIN tasks reaching 0 are completed here and release their own successors
   in the same transaction.
-* Every status change goes through ``clusters/state.py``.
+* Every status change goes through ``clusters/engine/state.py``.
 
 On PostgreSQL the hot path, a claim and a successful finish (lock, close the attempt, complete, release,
 dispatch, "is the job done?", and claiming the worker's next task), runs as PL/pgSQL functions: one round
 trip each instead of seven or eight ORM statements, which is what lets one worker process move several
-hundred tasks a second (``clusters/pg_functions.py`` says how they are generated, installed and kept in
+hundred tasks a second (``clusters/engine/pg_functions.py`` says how they are generated, installed and kept in
 step with this module). Everything else, and all of it on SQLite, is the ORM code below; the engine tests
 run both.
 """
@@ -52,16 +52,15 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from clusters.engine.backoff import jittered_backoff
+from clusters.engine.rows import node_from_row
+from clusters.engine.signals import JobEvent, JobEventData, send_job_event
+from clusters.engine.state import transition, transition_many
+from clusters.models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
+from clusters.planning.planner import Action, Operation, Plan
 from providers.secrets import redact
 from tenants.errors import Conflict
 from tenants.models import Tenant
-
-from .backoff import jittered_backoff
-from .models import LOG_TAIL_LIMIT, Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from .planner import Action, Operation, Plan
-from .rows import node_from_row
-from .signals import JobEvent, JobEventData, send_job_event
-from .state import transition, transition_many
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +384,7 @@ def _claim_orm(*, task_pk: int, worker: str, now: datetime) -> TaskAttempt | Non
 
 
 def _claim_postgresql(*, task_pk: int, worker: str, now: datetime) -> Claimed | None:
-    """The claim as one call of ``loom_task_claim`` (``clusters/pg_functions.py``): the conditional UPDATE,
+    """The claim as one call of ``loom_task_claim`` (``clusters/engine/pg_functions.py``): the conditional UPDATE,
     the attempt INSERT and the task's particulars in a single round trip and commit."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM loom_task_claim(%s, %s, %s)", [task_pk, worker, now])
@@ -564,7 +563,7 @@ def _task_finish(
 def _succeed_postgresql(
     attempt: TaskAttempt, *, log: str, now: datetime, exclusive: bool, on_ready: OnReady, claim_next_for: str | None
 ) -> tuple[list[Ready], int | None] | None:
-    """A successful finish in one call of ``loom_task_succeed`` (``clusters/pg_functions.py``): one statement,
+    """A successful finish in one call of ``loom_task_succeed`` (``clusters/engine/pg_functions.py``): one statement,
     so one transaction of its own (or part of the caller's). Returns the tasks handed out and, when this may
     have been the job's last task, the job to check once it has committed (``_complete_if_done``); None when
     the job has ended and the ORM path must settle it."""
@@ -883,7 +882,7 @@ def _dispatch(tenant_id: int, *, fresh: Sequence[int], now: datetime, scan: bool
         rows = list(chosen.order_by("job_id", "key").values_list("pk", "not_before"))
         tasks.filter(pk__in=[pk for pk, _ in rows]).update(dispatched_at=now)
         return [Ready(pk, _countdown(nb, now)) for pk, nb in rows]
-    if connection.vendor == "postgresql":  # the same steps as below, in one call (clusters/pg_functions.py)
+    if connection.vendor == "postgresql":  # the same steps as below, in one call (clusters/engine/pg_functions.py)
         with connection.cursor() as cursor:
             cursor.execute("SELECT * FROM loom_dispatch(%s, %s, %s, %s)", [tenant_id, budget, now, bool(fresh)])
             return [Ready(pk, _countdown(moment, now)) for pk, moment in cursor.fetchall()]

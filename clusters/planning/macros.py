@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from clusters.planning.specs import NodeSpec
 from templates_app.macro_syntax import MacroRef, MacroSyntaxError, iter_macros, json_strings
-
-from .specs import NodeSpec
 
 DEFAULT_IP_TYPE = "bind_v4"
 

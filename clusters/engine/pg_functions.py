@@ -8,7 +8,7 @@ compilation in the worker, which together capped one worker process at a fifth o
 As one function they are one round trip, their plans are cached per connection by PL/pgSQL, and the worker
 does almost no work per statement. The claim likewise returns what the runner needs to know about the task.
 
-What stays in Python (``clusters/engine.py``): every decision that is rare or complex, i.e. failures and
+What stays in Python (``clusters/engine/core.py``): every decision that is rare or complex, i.e. failures and
 retries, a finish in a job that failed or was aborted (the function answers ``defer`` and the ORM path takes
 over under the lock the function took), and completing the job and cluster (``done``: after the commit,
 the ORM ``_settle`` checks under the exclusive lock and sends the events). SQLite (the embedded mode) runs the ORM
@@ -27,10 +27,10 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from .engine import ACTIVE_JOB_STATUSES
-from .models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
-from .planner import Action
-from .state import allowed_from
+from clusters.engine.core import ACTIVE_JOB_STATUSES
+from clusters.engine.state import allowed_from
+from clusters.models import Cluster, Job, Node, Task, TaskAttempt, TaskEdge
+from clusters.planning.planner import Action
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import connection
 
-from .models import Node
+from clusters.models import Node
 
 _Converter = tuple[int, list[Callable[..., Any]], Any]
 _prepared: tuple[str, list[str], list[_Converter]] | None = None

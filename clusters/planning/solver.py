@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clusters.specs import (
+from clusters.planning.specs import (
     ClusterLayout,
     HardwareOption,
     ImageOption,

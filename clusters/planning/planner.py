@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-from clusters.specs import NodeSpec, ServiceSpec
+from clusters.planning.specs import NodeSpec, ServiceSpec
 
 
 class Operation(enum.StrEnum):

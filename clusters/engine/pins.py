@@ -14,9 +14,8 @@ from typing import Any
 
 from django.db.models import Q
 
+from clusters.models import Cluster
 from templates_app.models import CatalogVersion, Service
-
-from .models import Cluster
 
 
 def current_service_versions(tenant_id: int, names: Iterable[str]) -> dict[str, int]:

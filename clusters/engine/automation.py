@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from clusters.engine.core import log_tail
+from clusters.engine.pins import pinned_service_documents
+from clusters.models import Cluster, Node, Task, TaskAttempt
 from providers.automators.ansible import AnsibleAutomator, ensure_ansible
 from providers.automators.base import ActionRequest, Automator, NodeInfo
 from providers.automators.chef_solo import ChefSoloAutomator
@@ -34,10 +37,6 @@ from providers.drivers.base import TerminalError
 from providers.egress import EgressRefused, resolve_checked
 from providers.resources import live_resources
 from providers.ssh import Session, open_session
-
-from .engine import log_tail
-from .models import Cluster, Node, Task, TaskAttempt
-from .pins import pinned_service_documents
 
 LIVE_LOG_SECONDS = 1.0
 """How often the output of a running action is copied to its attempt's ``log_tail`` for watchers."""
