@@ -11,7 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from playwright.sync_api import expect
+
+from tenants.models import Role
+from tests.factories import member
 
 SETTLE_MS = 90_000  # generous: the machine is shared; nothing here asserts on time
 
@@ -100,3 +104,44 @@ def test_create_watch_scale_out_and_delete_a_cluster(site, worker, fleet, user_a
     assert response is not None and response.status == 404
     screenshot(page, "11-other-tenant-404")
     other.close()
+
+
+@pytest.fixture
+def multi(tenant_a: Any, tenant_b: Any) -> Any:
+    """A user of both tenants (made before the browser starts: no ORM inside Playwright's event loop)."""
+    from tenants.models import Membership
+
+    user = member(tenant_b, Role.USER, username="multi")
+    Membership.objects.create(tenant=tenant_a, user=user, role=Role.USER)
+    return user
+
+
+def test_the_pages_own_scripts_work_under_the_content_security_policy(site, multi, browser):
+    """The CSP refuses inline handlers, so the tenant switcher and the revoke confirmation live in loom.js:
+    choosing a tenant switches it, dismissing the confirmation keeps the token, accepting revokes it, and the
+    browser reports no refused script on the way."""
+    refused: list[str] = []
+    context = browser.new_context()
+    page = context.new_page()
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            or "Refused to" in message.text else None)  # fmt: skip
+    sign_in(page, site.url, "multi")
+    expect(page.locator("h1")).to_contain_text("acme")
+    page.select_option("#tenant-switch", "globex")
+    expect(page.locator("h1")).to_contain_text("globex")
+
+    page.goto(f"{site.url}/tokens/")
+    page.fill("#id_name", "cli")
+    page.click("text=Create token")
+    expect(page.locator("#token-key")).to_contain_text("loom_")
+    page.goto(f"{site.url}/tokens/")  # the key is shown once; a fresh page lists the token
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    page.click("button.danger")
+    expect(page.locator("table")).to_contain_text("active")
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
+    page.click("button.danger")
+    expect(page.locator("table")).to_contain_text("revoked")
+    assert questions == ["Revoke cli? Programs using it stop working."] * 2
+    assert refused == []
+    context.close()
