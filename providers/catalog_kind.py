@@ -7,6 +7,7 @@ credentials). A value of ``""`` clears the secret.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from templates_app import codec
@@ -14,7 +15,9 @@ from templates_app.kinds import CatalogKind, register, reject_nul
 from templates_app.models import CatalogEntity
 from templates_app.plugin_types import registry
 from templates_app.problems import Problem, Problems
+from templates_app.validation import register_provider_check
 
+from .drivers.base import DRIVERS
 from .egress import EgressRefused, check_url_field
 from .secrets import ENCRYPTED, decrypt_json, encrypt_json
 
@@ -30,6 +33,26 @@ def is_url_field(name: str) -> bool:
 
 
 Doc = dict[str, Any]
+
+PLACEHOLDER = "$placeholder$"
+_SECRET_NAME = re.compile(r"pass|secret|token|credential|private|(^|_)(api_?)?key$|apikey", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*|<[^<>]*>|x{3,}|\.\.\.")
+
+
+def looks_like_placeholder(value: Any) -> bool:
+    """A sample credential such as ``USERNAME``, ``API_KEY``, ``<your key>`` or ``xxxx`` (the original's
+    sample catalog ships its providers so): all capitals and underscores, angle brackets, or x's. A real
+    key has digits or lower-case letters; a placeholder stored as a secret would only fail at the cloud."""
+    return isinstance(value, str) and bool(_PLACEHOLDER.fullmatch(value))
+
+
+def sensitive_fields(plugin: Any, provisioner: dict[str, Any]) -> frozenset[str]:
+    """The fields stored encrypted: the type's sensitive ones, and any field no schema describes whose name
+    says it holds a secret (a password, key or token of a type Loom does not know)."""
+    declared = plugin.sensitive_fields if plugin else frozenset()
+    described = set(plugin.admin.fields) | set(plugin.user.fields) if plugin else set()
+    guessed = {key for key in provisioner if key not in described and _SECRET_NAME.search(key)}
+    return frozenset(declared | guessed)
 
 
 def stored_secrets(obj: CatalogEntity | None) -> dict[str, Any]:
@@ -52,24 +75,30 @@ class ProviderKind(CatalogKind):
         plugin = registry.get("provider", type_name) if isinstance(type_name, str) else None
         doc["providertype"] = type_name
         values = codec.as_object(raw.get("provisioner"), problems, "provisioner")
+        if not isinstance(type_name, str) or not codec.NAME_RE.fullmatch(type_name):
+            problems.error("providertype", "required: the provider type's name (e.g. aws, openstack, google)")
+            return doc, problems
         if plugin is None:
+            # The original took any type its plugins might know: keep the fields as they are, launch nothing.
             known = ", ".join(registry.names("provider"))
-            problems.error("providertype", f"unknown provider type {type_name!r}; known: {known}")
-            doc["provisioner"] = dict(sorted(values.items()))
+            problems.unlaunchable(
+                "providertype", f"provider type {type_name!r} is not one Loom knows (known: {known}); stored as is"
+            )
+            doc["provisioner"] = {key: self._keep(key, value, stored_secrets(existing))
+                                  for key, value in sorted(values.items())}  # fmt: skip
             return doc, problems
         kept = stored_secrets(existing)
         clean: dict[str, Any] = {}
         for key, value in values.items():
             path = f"provisioner.{key}"
             schema = plugin.admin.fields.get(key)
+            if schema is None and key in plugin.user.fields:
+                problems.error(path, "is a user field, supplied with each cluster request")
+                continue
             if schema is None:
-                hint = (
-                    "is a user field, supplied with each cluster request"
-                    if key in plugin.user.fields
-                    else f"is not a field of provider type {type_name}; "
-                    f"expected one of {', '.join(plugin.admin.fields)}"
-                )
-                problems.error(path, hint)
+                problems.warning(path, f"is not a field of provider type {type_name}, so its driver ignores it "
+                                       f"(kept; the type's fields: {', '.join(plugin.admin.fields)})")  # fmt: skip
+                clean[key] = self._keep(key, value, kept)
                 continue
             if schema.sensitive and value == ENCRYPTED:
                 if key not in kept:
@@ -83,7 +112,7 @@ class ProviderKind(CatalogKind):
         missing = plugin.admin.missing([key for key, value in clean.items() if value is not None])
         if missing:
             options = " or ".join("{" + ", ".join(group) + "}" for group in missing)
-            problems.error("provisioner", f"provider type {type_name} requires {options}")
+            problems.unlaunchable("provisioner", f"provider type {type_name} requires {options}")
         else:
             # Of the complete alternatives, report the one closest to usable.
             complete = [group for group in plugin.admin.required if group and group <= set(clean)]
@@ -115,9 +144,26 @@ class ProviderKind(CatalogKind):
         return problems.items
 
     @staticmethod
+    def _keep(key: str, value: Any, kept: dict[str, Any]) -> Any:
+        """A field no schema describes: ``$encrypted$`` keeps a stored secret of that name."""
+        return kept.get(key, value) if value == ENCRYPTED else value
+
+    def view_documents(self, tenant: Any) -> dict[str, Doc]:
+        """Documents with every stored secret present as ``$encrypted$`` (or as ``$placeholder$`` when it
+        holds a sample value such as ``API_KEY``), so the launch checks see which credentials are set
+        without any secret value leaving this method."""
+        rows = self.model.objects.filter(tenant=tenant).values_list("name", "document", "secret_data")
+        views = {}
+        for name, document, secret_data in rows:
+            marks = {key: PLACEHOLDER if looks_like_placeholder(value) else ENCRYPTED
+                     for key, value in decrypt_json(secret_data).items()}  # fmt: skip
+            views[name] = {**document, "provisioner": {**document.get("provisioner", {}), **marks}}
+        return views
+
+    @staticmethod
     def _split(doc: Doc) -> tuple[Doc, dict[str, Any]]:
         plugin = registry.get("provider", doc.get("providertype") or "")
-        sensitive = plugin.sensitive_fields if plugin else frozenset()
+        sensitive = sensitive_fields(plugin, doc.get("provisioner", {}))
         public = {k: v for k, v in doc.get("provisioner", {}).items() if k not in sensitive}
         secrets = {k: v for k, v in doc.get("provisioner", {}).items() if k in sensitive and v != ""}
         empty = {k: "" for k, v in doc.get("provisioner", {}).items() if k in sensitive and v == ""}
@@ -150,3 +196,27 @@ class ProviderKind(CatalogKind):
 
 
 PROVIDERS = register(ProviderKind("providers", "provider", "provider", "providers.Provider", None, order=10))
+
+
+def provider_launch_reasons(doc: Doc) -> list[str]:
+    """Why no cluster can be created on this provider now (registered with the catalog's launch checks):
+    a type without a driver, required fields missing, or credentials that are sample values."""
+    type_name = doc.get("providertype")
+    if type_name not in DRIVERS:
+        return [f"provider type {type_name} has no driver in Loom (drivers: {', '.join(sorted(DRIVERS))})"]
+    plugin = registry.get("provider", str(type_name))
+    fields = doc.get("provisioner", {})
+    sensitive = sensitive_fields(plugin, fields)
+    reasons = []
+    samples = sorted(key for key, value in fields.items()
+                     if value == PLACEHOLDER or (key in sensitive and looks_like_placeholder(value)))  # fmt: skip
+    if samples:
+        reasons.append(f"{', '.join(samples)} {'holds a sample value' if len(samples) == 1 else 'hold sample values'}"
+                       ", not credentials")  # fmt: skip
+    missing = plugin.admin.missing(key for key, value in fields.items() if value not in (None, "")) if plugin else []
+    if missing:
+        reasons.append("needs " + " or ".join("{" + ", ".join(group) + "}" for group in missing))
+    return reasons
+
+
+register_provider_check(provider_launch_reasons)

@@ -180,6 +180,24 @@ PROVIDER_TYPES = [
     ),
     PluginType(
         kind="provider",
+        name="joyent",
+        description="Joyent Triton CloudAPI, as the original's fog plugin knew it. Loom has no driver for it "
+        "(apache-libcloud dropped Joyent): its providers import and export unchanged and cannot launch.",
+        admin=params(
+            text("joyent_username", "Username"),
+            secret("joyent_password", "Password"),
+            text("joyent_keyname", "Key name"),
+            text("joyent_keyfile", "Key file resource"),
+            text("joyent_url", "CloudAPI URL", default="https://us-east-1.api.joyentcloud.com"),
+            text("joyent_version", "CloudAPI version", default="~7.0"),
+            required=[["joyent_username", "joyent_password"], ["joyent_username", "joyent_keyname", "joyent_keyfile"]],
+        ),
+        user=params(text("ssh_keypair", "Key name"), text("ssh_key_resource", "SSH key resource")),
+        resource_types=SSH_KEYS,
+        has_driver=False,
+    ),
+    PluginType(
+        kind="provider",
         name="digitalocean",
         description="DigitalOcean droplets through apache-libcloud.",
         admin=params(

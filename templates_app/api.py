@@ -70,6 +70,9 @@ class GrantSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["view", "change", "delete"])
 
 
+READ_ONLY_KEYS = ("launchable", "reasons")
+
+
 @extend_schema(parameters=[TENANT_PARAMETER], request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
 class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     """One catalog kind; subclasses set ``kind_key``. Entities are addressed by name."""
@@ -101,18 +104,33 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         queryset = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response([self.kind.export(obj) for obj in page])
+        return self.get_paginated_response(self._present(list(page)))
 
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(self.kind.export(self.get_object()))
+        return Response(self._present([self.get_object()])[0])
+
+    def _present(self, objs: list[Any]) -> list[dict[str, Any]]:
+        """Exported documents; templates and providers also say whether they can launch now and, if not,
+        why (``launchable``, ``reasons``: read-only, dropped when a document is written back)."""
+        docs = [self.kind.export(obj) for obj in objs]
+        if self.kind_key not in services.LAUNCHABLE_KINDS or not docs:
+            return docs
+        reasons = services.launch_reasons(tenant=self.tenant, kind_key=self.kind_key, names=[d["name"] for d in docs])
+        return [{**doc, "launchable": not reasons.get(doc["name"]), "reasons": reasons.get(doc["name"], [])}
+                for doc in docs]  # fmt: skip
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if isinstance(request.data, dict):  # what _present adds is not part of the document
+            for key in READ_ONLY_KEYS:
+                request.data.pop(key, None)
 
     def create(self, request: Request) -> Response:
         result = services.catalog_entity_save(
             tenant=self.tenant, user=request.user, kind_key=self.kind_key, data=request.data, create=True
         )
-        return _with_warnings(
-            Response(self.kind.export(result.entity), status=status.HTTP_201_CREATED), result.warnings
-        )
+        return _with_warnings(Response(self._present([result.entity])[0], status=status.HTTP_201_CREATED),
+                              result.warnings)  # fmt: skip
 
     def update(self, request: Request, name: str) -> Response:
         """Create or replace (a new version) — Loom's PUT semantics."""
@@ -121,7 +139,7 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
             tenant=self.tenant, user=request.user, kind_key=self.kind_key, data=request.data, name=name
         )
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-        return _with_warnings(Response(self.kind.export(result.entity), status=code), result.warnings)
+        return _with_warnings(Response(self._present([result.entity])[0], status=code), result.warnings)
 
     def partial_update(self, request: Request, name: str) -> Response:
         """Replace only the top-level keys given."""
@@ -132,7 +150,7 @@ class CatalogViewSet(TenantScopedMixin, viewsets.GenericViewSet):
         result = services.catalog_entity_save(
             tenant=self.tenant, user=request.user, kind_key=self.kind_key, data=data, name=name
         )
-        return _with_warnings(Response(self.kind.export(result.entity)), result.warnings)
+        return _with_warnings(Response(self._present([result.entity])[0]), result.warnings)
 
     def destroy(self, request: Request, name: str) -> Response:
         self.get_object()

@@ -71,6 +71,10 @@ class CatalogKind:
     def version_secret_data(self, obj: CatalogEntity) -> str:
         return ""
 
+    def view_documents(self, tenant: Any) -> dict[str, Doc]:
+        """``{name: document}`` of the tenant's entities as the catalog checks read them, in one query."""
+        return dict(self.model.objects.filter(tenant=tenant).values_list("name", "document"))
+
     def public_equal(self, obj: CatalogEntity, doc: Doc) -> bool:
         """True when writing ``doc`` would change nothing (so no new version is made)."""
         return obj.document == doc

@@ -112,6 +112,9 @@ class PluginType:
     admin: ParameterSpec = field(default_factory=ParameterSpec)
     user: ParameterSpec = field(default_factory=ParameterSpec)
     resource_types: Mapping[str, ResourceType] = field(default_factory=dict)
+    has_driver: bool = True
+    """Provider types only: False for a type the original supported that Loom has no driver for (its
+    providers import and export unchanged, and cannot launch)."""
 
     @property
     def sensitive_fields(self) -> frozenset[str]:
@@ -123,9 +126,11 @@ class PluginType:
         return self.admin.fields.get(name) or self.user.fields.get(name)
 
     def to_json(self) -> dict[str, Any]:
+        driver = {"driver": self.has_driver} if self.kind == "provider" else {}
         return {
             "name": self.name,
             "description": self.description,
+            **driver,
             "parameters": {"admin": self.admin.to_json(), "user": self.user.to_json()},
             "resourceTypes": {
                 name: {"format": rt.format, **({"permissions": rt.permissions} if rt.permissions else {})}

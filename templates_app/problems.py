@@ -7,6 +7,7 @@ that needs fixing in one go.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tenants.errors import ApplicationError
 
@@ -18,11 +19,16 @@ class Problem:
     field: str
     message: str
     severity: str = "error"
+    blocks_launch: bool = False
+    """A warning about a reference the catalog cannot satisfy *now* (a missing service, a provider type with
+    no driver): the entity is stored, but is not launchable until the catalog changes."""
 
-    def to_json(self) -> dict[str, str]:
-        data = {"kind": self.kind, "name": self.name, "field": self.field, "message": self.message}
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "name": self.name, "field": self.field, "message": self.message}
         if self.severity != "error":
             data["severity"] = self.severity
+        if self.blocks_launch:
+            data["blocksLaunch"] = True
         return data
 
     def __str__(self) -> str:
@@ -44,6 +50,10 @@ class Problems:
     def warning(self, field_path: str, message: str) -> None:
         self.items.append(Problem(self.kind, self.name, field_path, message, severity="warning"))
 
+    def unlaunchable(self, field_path: str, message: str) -> None:
+        """A warning that keeps the entity from launching until the catalog satisfies it."""
+        self.items.append(Problem(self.kind, self.name, field_path, message, severity="warning", blocks_launch=True))
+
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.items if p.severity == "error"]
@@ -51,6 +61,10 @@ class Problems:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.items if p.severity == "warning"]
+
+    @property
+    def launch_blockers(self) -> list[Problem]:
+        return [p for p in self.items if p.blocks_launch]
 
 
 class CatalogValidationError(ApplicationError):

@@ -21,7 +21,13 @@ from .codec import NAME_RE
 from .kinds import CatalogKind, all_kinds, get_kind
 from .models import CatalogEntity, CatalogVersion
 from .problems import CatalogValidationError, Problem
-from .validation import CatalogView, dependents, validate_catalog
+from .validation import (
+    CatalogView,
+    dependents,
+    provider_launch_reasons,
+    template_launch_reasons,
+    validate_catalog,
+)
 
 Doc = dict[str, Any]
 SUMMARY_LIMIT = 2000
@@ -50,10 +56,7 @@ def _require_change(
 
 def catalog_view(tenant: Tenant) -> CatalogView:
     """The tenant's current catalog as canonical documents, in one query per kind."""
-    return {
-        kind.key: {name: doc for name, doc in kind.model.objects.filter(tenant=tenant).values_list("name", "document")}
-        for kind in all_kinds()
-    }
+    return {kind.key: kind.view_documents(tenant) for kind in all_kinds()}
 
 
 def _summary(before: Doc | None, after: Doc | None) -> Doc:
@@ -261,14 +264,22 @@ def catalog_import(*, tenant: Tenant, user: Any, data: Any, replace: bool = Fals
                 if doc["name"] in incoming[key]:
                     problems.append(Problem(kind.singular, doc["name"], "name", "appears twice in this import"))
                 incoming[key][doc["name"]] = doc
-    view = catalog_view(tenant)
+    kept = catalog_view(tenant)
     for key, docs in incoming.items():
-        if replace:
-            view[key] = {}
-        view[key].update(docs)
-    # In replace mode the view no longer holds the entities about to be deleted, so a template that
-    # still refers to one fails validation here, before anything is written.
-    problems += validate_catalog(view)
+        kept[key].update(docs)
+    view = {key: dict(incoming.get(key, {})) for key in kept} if replace else kept
+    found = validate_catalog(view)
+    if replace:
+        # A reference the catalog cannot satisfy is only a warning, but one this very import breaks by
+        # deleting what it names is an error: what the delete causes is what the same import without
+        # the deletes does not warn about.
+        before = {(p.kind, p.name, p.field, p.message) for p in validate_catalog(kept)}
+        soft = ("compatibility.hardwaretypes", "compatibility.imagetypes")  # never blocked a delete either
+        caused = [p.severity != "error" and not p.field.startswith(soft)
+                  and (p.kind, p.name, p.field, p.message) not in before for p in found]  # fmt: skip
+        found = [Problem(p.kind, p.name, p.field, f"{p.message}: this import would delete it") if by_delete else p
+                 for p, by_delete in zip(found, caused, strict=True)]  # fmt: skip
+    problems += found
     _raise_errors(problems)
     result = ImportResult(warnings=[p for p in problems if p.severity == "warning"])
     for key, kind in sorted(kinds.items(), key=lambda item: item[1].order):
@@ -299,3 +310,18 @@ def catalog_version_get(*, tenant: Tenant, kind_key: str, name: str, version: in
     if found is None:
         raise NotFound(f"{get_kind(kind_key).label} {name} version {version} not found")
     return found
+
+
+LAUNCHABLE_KINDS = ("clustertemplates", "providers")
+
+
+def launch_reasons(*, tenant: Tenant, kind_key: str, names: list[str],
+                   view: CatalogView | None = None) -> dict[str, list[str]]:  # fmt: skip
+    """Why each of ``names`` (templates or providers) cannot launch now, from the catalog as it is now (one
+    read of it for all names); an empty list means it can."""
+    if kind_key not in LAUNCHABLE_KINDS:
+        return {}
+    view = view if view is not None else catalog_view(tenant)
+    if kind_key == "providers":
+        return {name: provider_launch_reasons(view["providers"][name]) for name in names if name in view["providers"]}
+    return {name: template_launch_reasons(name, view) for name in names}

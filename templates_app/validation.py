@@ -9,7 +9,7 @@ creates a dependency cycle is caught when it is saved, not when a cluster is lau
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .problems import Problem, Problems
@@ -18,6 +18,23 @@ Doc = dict[str, Any]
 CatalogView = dict[str, dict[str, Doc]]
 
 DEFAULT_SIZE = {"min": 1}
+
+ProviderCheck = Callable[[Doc], list[str]]
+_provider_checks: list[ProviderCheck] = []
+
+
+def register_provider_check(check: ProviderCheck) -> None:
+    """Add a check that says why a provider document cannot launch here (``providers`` registers the driver
+    and credential checks at start-up; the catalog app knows no driver)."""
+    if check not in _provider_checks:
+        _provider_checks.append(check)
+
+
+def provider_launch_reasons(doc: Doc) -> list[str]:
+    """Why clusters cannot be created on this provider now, in words; [] when they can."""
+    return [reason for check in _provider_checks for reason in check(doc)]
+
+
 FOREVER_LEASE = {"leaseduration": {"initial": 0, "max": 0, "step": 0}}
 
 
@@ -87,9 +104,10 @@ def _check_services(view: CatalogView, targets: set[str] | None) -> list[Problem
         for section in ("install", "runtime"):
             for dep in deps.get(section, {}).get("requires", []):
                 if dep not in index:
-                    found.error(
+                    found.warning(
                         f"dependencies.{section}.requires",
-                        f"requires {dep!r}, which is neither a service nor provided by any service",
+                        f"requires {dep!r}, which is neither a service nor provided by any service (yet): "
+                        "templates using this service cannot launch until it exists",
                     )
         for other in deps.get("conflicts", []):
             requires = deps.get("install", {}).get("requires", []) + deps.get("runtime", {}).get("requires", [])
@@ -227,28 +245,30 @@ def _check_template(doc: Doc, view: CatalogView, problems: Problems) -> None:
     constraints = doc["constraints"]
     allowed_services = set(compat["services"]) | set(defaults["services"])
 
-    for key in ("services",):
-        for name in compat[key]:
-            if name not in services:
-                problems.error(f"compatibility.{key}", f"unknown service {name!r}")
+    for name in compat["services"]:
+        if name not in services:
+            problems.warning("compatibility.services", f"service {name!r} is not in the catalog (ignored until it is)")
     for key, known, label in (("hardwaretypes", hardware, "hardware type"), ("imagetypes", images, "image type")):
         for name in compat[key]:
             if name not in known:
                 problems.warning(f"compatibility.{key}", f"{label} {name!r} is not in the catalog (ignored)")
     for name in defaults["services"]:
         if name not in services:
-            problems.error("defaults.services", f"unknown service {name!r}")
+            problems.unlaunchable("defaults.services", f"default service {name!r} is not in the catalog")
         elif compat["services"] and name not in compat["services"]:
-            problems.error("defaults.services", f"default service {name!r} is not in compatibility.services")
+            problems.unlaunchable("defaults.services", f"default service {name!r} is not in compatibility.services")
     for key, known, label in (("hardwaretype", hardware, "hardware type"), ("imagetype", images, "image type")):
         value = defaults.get(key)
         if value and value not in known:
-            problems.error(f"defaults.{key}", f"unknown {label} {value!r}")
+            problems.unlaunchable(f"defaults.{key}", f"default {label} {value!r} is not in the catalog")
         elif value and compat[key + "s"] and value not in compat[key + "s"]:
-            problems.error(f"defaults.{key}", f"{label} {value!r} is not in compatibility.{key}s")
+            problems.unlaunchable(f"defaults.{key}", f"default {label} {value!r} is not in compatibility.{key}s")
     provider = defaults.get("provider")
     if provider and provider not in providers:
-        problems.error("defaults.provider", f"unknown provider {provider!r}")
+        problems.unlaunchable("defaults.provider", f"default provider {provider!r} is not in the catalog")
+    elif provider:
+        for reason in provider_launch_reasons(providers[provider]):
+            problems.unlaunchable("defaults.provider", f"provider {provider}: {reason}")
     for key, label in (("hardwaretype", "flavor"), ("imagetype", "image")):
         value = defaults.get(key)
         known = hardware if key == "hardwaretype" else images
@@ -257,7 +277,7 @@ def _check_template(doc: Doc, view: CatalogView, problems: Problems) -> None:
 
     def check_member(name: str, path: str) -> None:
         if name not in services:
-            problems.error(path, f"unknown service {name!r}")
+            problems.warning(path, f"service {name!r} is not in the catalog (the constraint waits for it)")
         elif compat["services"] and name not in allowed_services:
             problems.error(path, f"constraint on service {name!r}, which is not part of this template")
 
@@ -267,7 +287,7 @@ def _check_template(doc: Doc, view: CatalogView, problems: Problems) -> None:
         for key, known, label in (("hardwaretypes", hardware, "hardware type"), ("imagetypes", images, "image type")):
             for value in spec[key]:
                 if value not in known:
-                    problems.error(f"{path}.{key}", f"unknown {label} {value!r}")
+                    problems.warning(f"{path}.{key}", f"{label} {value!r} is not in the catalog (ignored)")
                 elif compat[key] and value not in compat[key]:
                     problems.error(f"{path}.{key}", f"{label} {value!r} is not in compatibility.{key}")
         quantities = spec["quantities"]
@@ -310,7 +330,11 @@ def _check_template(doc: Doc, view: CatalogView, problems: Problems) -> None:
             continue
         for section in ("install", "runtime"):
             for dep in deps[section]["requires"]:
-                if dep not in index:
+                if dep not in index and dep not in _providers_index(services):
+                    problems.unlaunchable(
+                        "defaults.services", f"{name} requires {dep}, which no service in the catalog provides"
+                    )
+                elif dep not in index:
                     problems.error(
                         "defaults.services",
                         f"{name} requires {dep}, which is not among the default services or provided by one",
@@ -335,7 +359,7 @@ def _check_templates(view: CatalogView, targets: dict[str, set[str]] | None) -> 
         found = Problems("partialtemplate", name)
         for service in _union(doc["compatibility"]["services"], doc["defaults"]["services"]):
             if service not in view.get("services", {}):
-                found.error("defaults.services", f"unknown service {service!r}")
+                found.warning("defaults.services", f"service {service!r} is not in the catalog (yet)")
         problems.extend(found.items)
     return problems
 
@@ -420,3 +444,18 @@ def validate_catalog(view: CatalogView, changed: dict[str, set[str]] | None = No
     problems = _check_services(view, service_targets)
     problems += _check_templates(view, targets)
     return problems
+
+
+def template_launch_reasons(name: str, view: CatalogView) -> list[str]:
+    """Why template ``name`` cannot launch with the catalog as it is now, each reason in words naming the
+    field; [] when it can. Computed on every call, so adding a missing service makes it launchable without
+    touching the template."""
+    resolved, problems = resolve_template(name, view)
+    if not problems.errors:
+        _check_template(resolved, view, problems)
+    reasons = [f"{p.field}: {p.message}" for p in problems.items if p.severity == "error" or p.blocks_launch]
+    if not reasons and not resolved.get("defaults", {}).get("provider"):
+        providers = view.get("providers", {})
+        if not any(not provider_launch_reasons(doc) for doc in providers.values()):
+            reasons.append("defaults.provider: no provider in the catalog can launch clusters")
+    return reasons

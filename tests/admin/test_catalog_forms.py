@@ -363,8 +363,6 @@ class TestTemplates:
             ({"lease_initial": "30d", "lease_max": "7d"}, "lease_initial", "cannot be more than max lease"),
             ({"must_coexist": "apache-httpd"}, "must_coexist", "#1: a group must name at least two services"),
             ({"size_min": "many"}, "size_min", "Enter a whole number"),
-            ({"default_services": ["base", "haproxy", "memcached"], "compat_services": ["base"]}, "default_services",
-             "is not in compatibility.services"),
             ({"dns_suffix": "bad_suffix!"}, "dns_suffix", "invalid DNS suffix"),
         ],
     )  # fmt: skip

@@ -112,6 +112,22 @@ def warnings_of(response: Any) -> list[dict[str, Any]]:
     return json.loads(header) if header else []
 
 
+def assert_stored_with_warning(
+    response: Any, *, field: str, says: tuple[str, ...], launchable: bool | None = None
+) -> dict[str, Any]:
+    """A 201/200 whose ``Loom-Warnings`` hold a warning on ``field`` saying every string of ``says``; with
+    ``launchable`` given, the stored entity's ``launchable`` flag and a reason naming ``field`` too."""
+    assert response.status_code in (200, 201), response.content[:2000]
+    found = [w for w in warnings_of(response) if w["field"] == field]
+    assert any(all(text in w["message"] for text in says) for w in found), (field, says, warnings_of(response))
+    data = body(response)
+    if launchable is not None:
+        assert data["launchable"] is launchable, data.get("reasons")
+        if not launchable:
+            assert any(reason.startswith(field) and all(t in reason for t in says) for reason in data["reasons"]), data
+    return data
+
+
 def results(response: Any) -> list[dict[str, Any]]:
     assert response.status_code == 200, response.content[:2000]
     return body(response)["results"]

@@ -13,6 +13,7 @@ from tests.api.helpers import (
     API,
     KINDS,
     assert_invalid,
+    assert_stored_with_warning,
     body,
     catalog_state,
     error_of,
@@ -93,33 +94,38 @@ UNKNOWN_SERVICE_CASES = {
 
 
 @pytest.mark.parametrize("case", UNKNOWN_SERVICE_CASES)
-def test_template_naming_an_unknown_service_is_rejected(admin, samples, case):
+def test_template_naming_a_service_not_in_the_catalog_is_stored_with_a_warning(admin, samples, case):
+    """A reference that cannot be satisfied now (issue 15): stored; only a missing *default* service keeps the
+    template from launching (a compatibility entry or a constraint simply waits for the service)."""
     change, field = UNKNOWN_SERVICE_CASES[case]
 
     response = admin.post(url("clustertemplates"), lamp_copy(samples, change), format="json")
 
-    assert_invalid(response, field=field, says=("unknown service", "'nosuch'"), entity="lamp-copy")
+    blocks = case == "defaults"
+    assert_stored_with_warning(response, field=field, says=("'nosuch'", "not in the catalog"),
+                               launchable=False if blocks else None)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("key", "label"), [("hardwaretype", "hardware type"), ("imagetype", "image type")], ids=["hardware", "image"]
 )
-def test_template_default_naming_an_unknown_type_is_rejected(admin, samples, key, label):
+def test_template_default_naming_a_type_not_in_the_catalog_is_stored_not_launchable(admin, samples, key, label):
     response = admin.post(url("clustertemplates"), lamp_copy(samples, _set(("defaults", key), "nosuch")), format="json")
 
-    assert_invalid(response, field=f"defaults.{key}", says=(f"unknown {label}", "'nosuch'"), entity="lamp-copy")
+    says = (f"default {label} 'nosuch'", "not in the catalog")
+    assert_stored_with_warning(response, field=f"defaults.{key}", says=says, launchable=False)
 
 
 @pytest.mark.parametrize(
     ("key", "label"), [("hardwaretypes", "hardware type"), ("imagetypes", "image type")], ids=["hardware", "image"]
 )
-def test_service_constraint_naming_an_unknown_type_is_rejected(admin, samples, key, label):
+def test_service_constraint_naming_a_type_not_in_the_catalog_is_only_a_warning(admin, samples, key, label):
     change = _set(("constraints", "services", "mysql-server", key), ["nosuch"])
 
     response = admin.post(url("clustertemplates"), lamp_copy(samples, change), format="json")
 
     field = f"constraints.services.mysql-server.{key}"
-    assert_invalid(response, field=field, says=(f"unknown {label}", "'nosuch'"), entity="lamp-copy")
+    assert_stored_with_warning(response, field=field, says=(f"{label} 'nosuch'", "ignored"))
 
 
 @pytest.mark.parametrize(
@@ -145,12 +151,13 @@ def test_valid_write_without_problems_sends_no_warning_header(admin):
     assert "Loom-Warnings" not in response.headers
 
 
-def test_template_default_provider_must_exist(admin, samples):
+def test_template_default_provider_not_in_the_catalog_keeps_it_from_launching(admin, samples):
     response = admin.post(
         url("clustertemplates"), lamp_copy(samples, _set(("defaults", "provider"), "nosuch")), format="json"
     )
 
-    assert_invalid(response, field="defaults.provider", says=("unknown provider", "'nosuch'"), entity="lamp-copy")
+    says = ("default provider 'nosuch'", "not in the catalog")
+    assert_stored_with_warning(response, field="defaults.provider", says=says, launchable=False)
 
 
 def test_template_extending_an_unknown_parent_is_rejected(admin):
@@ -167,21 +174,21 @@ def test_template_including_an_unknown_partial_is_rejected(admin):
     assert_invalid(response, field="includes[0].name", says=("partial template", "'nosuch'"), entity="single")
 
 
-def test_partial_template_naming_an_unknown_service_is_rejected(admin):
+def test_partial_template_naming_a_service_not_in_the_catalog_is_stored_with_a_warning(admin):
     doc = valid_doc("partialtemplates")
     doc["defaults"]["services"] = ["base", "nosuch"]
 
     response = admin.post(url("partialtemplates"), doc, format="json")
 
-    assert_invalid(response, field="defaults.services", says=("unknown service", "'nosuch'"), entity="monitoring")
+    assert_stored_with_warning(response, field="defaults.services", says=("'nosuch'", "not in the catalog"))
 
 
-def test_service_requiring_an_unknown_service_is_rejected(admin):
+def test_service_requiring_a_service_not_in_the_catalog_is_stored_with_a_warning(admin):
     doc = valid_doc("services", dependencies={"runtime": {"requires": ["nosuch"]}})
 
     response = admin.post(url("services"), doc, format="json")
 
-    assert_invalid(response, field="dependencies.runtime.requires", says=("'nosuch'",), entity="redis")
+    assert_stored_with_warning(response, field="dependencies.runtime.requires", says=("'nosuch'", "cannot launch"))
 
 
 def test_changing_a_service_revalidates_the_templates_that_use_it(admin):
@@ -456,30 +463,30 @@ def test_action_field_unknown_to_its_automator_is_rejected(admin):
     )
 
 
-def test_unknown_provider_type_is_rejected(admin):
+def test_a_provider_type_loom_does_not_know_is_stored_as_is_and_not_launchable(admin):
     doc = valid_doc("providers", providertype="vmware")
+    doc["provisioner"] = {"vcenter": "vc.example.com", "vsphere_password": "s3cret-9"}
 
     response = admin.post(url("providers"), doc, format="json")
 
-    assert_invalid(
-        response, field="providertype", says=("unknown provider type 'vmware'", "rackspace"), entity="fake-lab"
-    )
+    data = assert_stored_with_warning(response, field="providertype", says=("'vmware'", "stored as is"))
+    assert data["launchable"] is False and "provider type vmware has no driver" in data["reasons"][0]
+    # Kept as they are, with what looks like a secret encrypted and write-only.
+    assert data["provisioner"] == {"vcenter": "vc.example.com", "vsphere_password": "$encrypted$"}
 
 
-def test_provider_missing_required_fields_is_rejected_naming_them(admin):
+def test_a_provider_missing_required_fields_is_stored_not_launchable_naming_them(admin):
     doc = {"name": "rs2", "providertype": "rackspace", "provisioner": {"rackspace_region": "dfw"}}
 
     response = admin.post(url("providers"), doc, format="json")
 
-    assert_invalid(
-        response,
-        field="provisioner",
-        says=("provider type rackspace requires", "api_password", "api_user"),
-        entity="rs2",
+    data = assert_stored_with_warning(
+        response, field="provisioner", says=("provider type rackspace requires", "api_password", "api_user")
     )
+    assert data["launchable"] is False and data["reasons"] == ["needs {api_password, api_user}"]
 
 
-def test_provider_with_a_user_field_or_an_unknown_field_is_rejected(admin):
+def test_a_user_field_is_refused_and_an_unknown_field_kept_with_a_warning(admin):
     doc = {
         "name": "rs2",
         "providertype": "rackspace",
@@ -495,7 +502,13 @@ def test_provider_with_a_user_field_or_an_unknown_field_is_rejected(admin):
     response = admin.post(url("providers"), doc, format="json")
 
     error = assert_invalid(response, field="provisioner.ssh_keypair", says=("user field",))
-    assert any("not a field of provider type rackspace" in m for m in error["fields"]["provisioner.zone"])
+    assert "provisioner.zone" not in error["fields"]
+    del doc["provisioner"]["ssh_keypair"]
+    stored = admin.post(url("providers"), doc, format="json")
+    data = assert_stored_with_warning(
+        stored, field="provisioner.zone", says=("not a field of provider type rackspace",)
+    )
+    assert data["provisioner"]["zone"] == "z" and data["launchable"] is True
 
 
 def test_provider_select_field_outside_its_options_is_rejected(admin):
