@@ -84,8 +84,8 @@ class ProviderKind(CatalogKind):
             problems.unlaunchable(
                 "providertype", f"provider type {type_name!r} is not one Loom knows (known: {known}); stored as is"
             )
-            doc["provisioner"] = {key: self._keep(key, value, stored_secrets(existing))
-                                  for key, value in sorted(values.items())}  # fmt: skip
+            kept = stored_secrets(existing)
+            doc["provisioner"] = {key: self._keep(key, value, kept, problems) for key, value in sorted(values.items())}
             return doc, problems
         kept = stored_secrets(existing)
         clean: dict[str, Any] = {}
@@ -98,7 +98,7 @@ class ProviderKind(CatalogKind):
             if schema is None:
                 problems.warning(path, f"is not a field of provider type {type_name}, so its driver ignores it "
                                        f"(kept; the type's fields: {', '.join(plugin.admin.fields)})")  # fmt: skip
-                clean[key] = self._keep(key, value, kept)
+                clean[key] = self._keep(key, value, kept, problems)
                 continue
             if schema.sensitive and value == ENCRYPTED:
                 if key not in kept:
@@ -144,9 +144,14 @@ class ProviderKind(CatalogKind):
         return problems.items
 
     @staticmethod
-    def _keep(key: str, value: Any, kept: dict[str, Any]) -> Any:
-        """A field no schema describes: ``$encrypted$`` keeps a stored secret of that name."""
-        return kept.get(key, value) if value == ENCRYPTED else value
+    def _keep(key: str, value: Any, kept: dict[str, Any], problems: Problems) -> Any:
+        """A field no schema describes, as given; ``$encrypted$`` keeps the stored secret of that name and is
+        an error without one (as for declared secrets), never stored as a literal."""
+        if value != ENCRYPTED:
+            return value
+        if key not in kept:
+            problems.error(f"provisioner.{key}", "no stored secret to keep: give the actual value")
+        return kept.get(key, "")
 
     def view_documents(self, tenant: Any) -> dict[str, Doc]:
         """Documents with every stored secret present as ``$encrypted$`` (or as ``$placeholder$`` when it

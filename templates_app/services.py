@@ -315,13 +315,12 @@ def catalog_version_get(*, tenant: Tenant, kind_key: str, name: str, version: in
 LAUNCHABLE_KINDS = ("clustertemplates", "providers")
 
 
-def launch_reasons(*, tenant: Tenant, kind_key: str, names: list[str],
-                   view: CatalogView | None = None) -> dict[str, list[str]]:  # fmt: skip
+def launch_reasons(*, tenant: Tenant, kind_key: str, names: list[str]) -> dict[str, list[str]]:
     """Why each of ``names`` (templates or providers) cannot launch now, from the catalog as it is now (one
     read of it for all names); an empty list means it can."""
     if kind_key not in LAUNCHABLE_KINDS:
         return {}
-    view = view if view is not None else catalog_view(tenant)
+    view = catalog_view(tenant)
     if kind_key == "providers":
         return {name: provider_launch_reasons(view["providers"][name]) for name in names if name in view["providers"]}
     return {name: template_launch_reasons(name, view) for name in names}
