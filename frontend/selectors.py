@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.core.paginator import Page, Paginator
 from django.db.models import Prefetch, QuerySet
 
@@ -24,7 +25,7 @@ from clusters.services.lifecycle import ACTIVE_JOB_STATUSES
 from clusters.services.preview import PreviewRequest, cluster_preview
 from templates_app.models import ClusterTemplate
 from templates_app.services import catalog_view
-from templates_app.validation import resolve_template
+from templates_app.validation import resolve_template, template_launch_reasons
 from tenants.errors import ApplicationError, NotFound
 from tenants.models import ApiToken, Role, Tenant
 from tenants.selectors import api_token_list, tenant_list, user_role
@@ -61,7 +62,8 @@ def token_for(*, user: Any, pk: int) -> ApiToken:
 
 @dataclass
 class CatalogEntry:
-    """A template as the catalog page shows it: resolved defaults, size limits, and a priced default layout."""
+    """A template as the catalog page shows it: resolved defaults, size limits, a priced default layout, and
+    why it cannot launch when it cannot (the card then shows the reasons instead of a create button)."""
 
     name: str
     description: str
@@ -72,6 +74,8 @@ class CatalogEntry:
     default_size: int
     hourly_cost: float | None = None
     cost_note: str = ""
+    launch_reasons: list[str] = field(default_factory=list)
+    currency: str = field(default_factory=lambda: settings.LOOM_COST_CURRENCY)
 
 
 def _size_limits(resolved: dict[str, Any]) -> tuple[int, int | None]:
@@ -83,15 +87,17 @@ def catalog_entries(*, user: Any, tenant: Tenant) -> list[CatalogEntry]:
     """The templates ``user`` may launch in ``tenant``; each priced by previewing it at its smallest size.
 
     The cost comes from the same ``cluster_preview`` a create runs, so what the catalog says an hour costs
-    is what the create page will say for the same size; a template that cannot be previewed says why."""
+    is what the create page will say for the same size; a template that cannot launch (or be previewed)
+    says why, with the reasons the API gives."""
     templates = ClusterTemplate.objects.restrict(user, "view").filter(tenant=tenant).order_by("name")
     view = catalog_view(tenant)
     entries = []
     for template in templates:
         resolved, problems = resolve_template(template.name, view)
         if problems.errors:
+            messages = [f"{p.field}: {p.message}" if p.field else p.message for p in problems.errors]
             entries.append(CatalogEntry(template.name, template.description, template.version, {}, 1, None, 1,
-                                        cost_note=problems.errors[0].message))  # fmt: skip
+                                        launch_reasons=messages))  # fmt: skip
             continue
         low, high = _size_limits(resolved)
         entry = CatalogEntry(
@@ -102,7 +108,11 @@ def catalog_entries(*, user: Any, tenant: Tenant) -> list[CatalogEntry]:
             size_min=low,
             size_max=high,
             default_size=low,
+            launch_reasons=template_launch_reasons(template.name, view),
         )
+        if entry.launch_reasons:
+            entries.append(entry)
+            continue
         try:
             total, unknown, entry.default_size = _cheapest_preview(user, tenant, template.name, low, high)
         except ApplicationError as error:

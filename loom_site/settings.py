@@ -324,6 +324,9 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Loom limits ----------------------------------------------------------------------------------
 LOOM_MAX_CLUSTER_SIZE = env.int("LOOM_MAX_CLUSTER_SIZE", default=10000)
+# The currency of the hardware types' ``cost`` fields (the original's format holds a bare number), shown
+# with every price: a code such as USD or EUR, or a symbol.
+LOOM_COST_CURRENCY = env.str("LOOM_COST_CURRENCY", default="USD")
 LOOM_IMPORT_MAX_BYTES = env.int("LOOM_IMPORT_MAX_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LOOM_IMPORT_MAX_BYTES
 # What one uploaded archive may hold (providers/archives.py): members, bytes unpacked, and unpacked/packed

@@ -14,7 +14,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from templates_app.admin import CatalogEntityAdmin
+from templates_app.admin import CatalogEntityAdmin, LaunchableAdminMixin, LaunchableListFilter
 from templates_app.admin_fields import Doc, path_rest, schema_form_fields, schema_initial, schema_values
 from templates_app.admin_forms import CatalogEntityForm
 from templates_app.plugin_types import PluginType, registry
@@ -103,10 +103,10 @@ class ProviderForm(CatalogEntityForm):
 
 
 @admin.register(Provider)
-class ProviderAdmin(CatalogEntityAdmin):
+class ProviderAdmin(LaunchableAdminMixin, CatalogEntityAdmin):
     form = ProviderForm
-    list_display = ("name", "provider_type", "label", "tenant", "version", "updated_at")
-    list_filter = (*CatalogEntityAdmin.list_filter, "provider_type")
+    list_display = ("name", "provider_type", "label", "launchable", "tenant", "version", "updated_at")
+    list_filter = (*CatalogEntityAdmin.list_filter, "provider_type", LaunchableListFilter)
 
     def get_form_fieldsets(self, request: HttpRequest) -> list[tuple[str, dict[str, Any]]]:
         return [("Provider type", {"fields": ["providertype"]}), *map(_type_fieldset, registry.all("provider"))]

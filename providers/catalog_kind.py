@@ -36,14 +36,25 @@ Doc = dict[str, Any]
 
 PLACEHOLDER = "$placeholder$"
 _SECRET_NAME = re.compile(r"pass|secret|token|credential|private|(^|_)(api_?)?key$|apikey", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*|<[^<>]*>|x{3,}|\.\.\.")
+_PLACEHOLDER = re.compile(r"<[^<>]*>|x{3,}|X{3,}|\.\.\.|\*{3,}")
+_CAPITALS = re.compile(r"[A-Z]+(_[A-Z]+)*")
+_PLACEHOLDER_WORD = re.compile(r"USER|NAME|PASS|KEY|SECRET|TOKEN|EXAMPLE|CHANGE|REPLACE|YOUR")
 
 
 def looks_like_placeholder(value: Any) -> bool:
     """A sample credential such as ``USERNAME``, ``API_KEY``, ``<your key>`` or ``xxxx`` (the original's
-    sample catalog ships its providers so): all capitals and underscores, angle brackets, or x's. A real
-    key has digits or lower-case letters; a placeholder stored as a secret would only fail at the cloud."""
-    return isinstance(value, str) and bool(_PLACEHOLDER.fullmatch(value))
+    sample catalog ships its providers so); a placeholder stored as a secret would only fail at the cloud.
+
+    Capitals alone are not enough: an AWS access key id is 20 capitals and digits, and about one in 28 has no
+    digit. So a word of capitals counts only when it is joined by underscores, short (12 letters or fewer),
+    or holds a word that sample values use (USER, KEY, EXAMPLE, ...)."""
+    if not isinstance(value, str):
+        return False
+    if _PLACEHOLDER.fullmatch(value):
+        return True
+    if not _CAPITALS.fullmatch(value):
+        return False
+    return "_" in value or len(value) <= 12 or bool(_PLACEHOLDER_WORD.search(value))
 
 
 def sensitive_fields(plugin: Any, provisioner: dict[str, Any]) -> frozenset[str]:
@@ -220,7 +231,8 @@ def provider_launch_reasons(doc: Doc) -> list[str]:
                        ", not credentials")  # fmt: skip
     missing = plugin.admin.missing(key for key, value in fields.items() if value not in (None, "")) if plugin else []
     if missing:
-        reasons.append("needs " + " or ".join("{" + ", ".join(group) + "}" for group in missing))
+        groups = sorted({tuple(group) for group in missing}, key=lambda group: (len(group), group))
+        reasons.append("needs " + " or ".join("{" + ", ".join(group) + "}" for group in groups))
     return reasons
 
 

@@ -35,7 +35,7 @@ from .admin_forms import (
 )
 from .kinds import get_kind
 from .models import CatalogEntity, CatalogVersion, ClusterTemplate, HardwareType, ImageType, PartialTemplate, Service
-from .services import catalog_entity_delete, catalog_view
+from .services import catalog_entity_delete, catalog_view, launch_reasons
 from .validation import dependents
 
 BASE_FIELDS = ["label", "description", "icon"]
@@ -117,6 +117,76 @@ class CatalogEntityAdmin(TenantRestrictedAdminMixin, ServiceBackedAdminMixin, ad
         return deleted, counts, perms_needed, [*protected, *users]
 
 
+def tenant_launch_reasons(request: HttpRequest, tenant: Any, kind_key: str) -> dict[str, list[str]]:
+    """Why each of the tenant's templates or providers cannot launch, computed once per request (the column
+    and the filter of one changelist share it) from the catalog as it is now."""
+    cache: dict[tuple[int, str], dict[str, list[str]]] = request.__dict__.setdefault("_loom_launch_reasons", {})
+    key = (tenant.pk, kind_key)
+    if key not in cache:
+        names = list(get_kind(kind_key).model.objects.filter(tenant=tenant).values_list("name", flat=True))
+        cache[key] = launch_reasons(tenant=tenant, kind_key=kind_key, names=names)
+    return cache[key]
+
+
+class LaunchableListFilter(admin.SimpleListFilter):
+    """Launchable or not, which no column stores: it follows the rest of the catalog (a template becomes
+    launchable when its missing service is added), so the rows are picked by computing it."""
+
+    title = "launchable"
+    parameter_name = "launchable"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No, with reasons")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in ("yes", "no"):
+            return queryset
+        kind_key = queryset.model._meta.model_name + "s"
+        picked = []
+        for obj in queryset.select_related("tenant").only("pk", "name", "tenant"):
+            blocked = bool(tenant_launch_reasons(request, obj.tenant, kind_key).get(obj.name))
+            if blocked == (self.value() == "no"):
+                picked.append(obj.pk)
+        return queryset.filter(pk__in=picked)
+
+
+class LaunchableAdminMixin:
+    """A ``launchable`` column, filter and change-page line for kinds a cluster is launched from
+    (templates, providers), with the same reasons the API gives under ``reasons``. The changelist computes
+    them once per tenant for its page of rows (ModelAdmin instances are shared by every request, so
+    nothing request-bound may live on ``self``)."""
+
+    kind_key: str
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)  # type: ignore[misc]
+        rows = list(changelist.result_list)
+        for obj in rows:
+            obj.launch_reasons = tenant_launch_reasons(request, obj.tenant, self.kind_key).get(obj.name, [])
+        changelist.result_list = rows
+        return changelist
+
+    @admin.display(description="launchable")
+    def launchable(self, obj: CatalogEntity) -> str:
+        reasons = getattr(obj, "launch_reasons", None)
+        if reasons is None:  # the change page: one object
+            reasons = launch_reasons(tenant=obj.tenant, kind_key=self.kind_key, names=[obj.name]).get(obj.name, [])
+        if not reasons:
+            return "yes"
+        return format_html('<span style="color:#b3261e">no</span>: {}', "; ".join(reasons))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = super().get_readonly_fields(request, obj)  # type: ignore[misc]
+        return fields if obj is None else (*fields, "launchable")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
+        fieldsets = super().get_fieldsets(request, obj)  # type: ignore[misc]
+        if obj is None:
+            return fieldsets
+        (title, options), *rest = fieldsets
+        return [(title, {**options, "fields": [*options["fields"], "launchable"]}), *rest]
+
+
 @admin.register(HardwareType)
 class HardwareTypeAdmin(CatalogEntityAdmin):
     form = HardwareTypeForm
@@ -133,8 +203,10 @@ class ServiceAdmin(CatalogEntityAdmin):
 
 
 @admin.register(ClusterTemplate)
-class ClusterTemplateAdmin(CatalogEntityAdmin):
+class ClusterTemplateAdmin(LaunchableAdminMixin, CatalogEntityAdmin):
     form = ClusterTemplateForm
+    list_display = ("name", "label", "launchable", "tenant", "version", "updated_at")
+    list_filter = (*CatalogEntityAdmin.list_filter, LaunchableListFilter)
 
 
 @admin.register(PartialTemplate)

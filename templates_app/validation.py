@@ -446,15 +446,22 @@ def validate_catalog(view: CatalogView, changed: dict[str, set[str]] | None = No
     return problems
 
 
-def template_launch_reasons(name: str, view: CatalogView) -> list[str]:
+def template_launch_reasons(name: str, view: CatalogView, *, overridden: Iterable[str] = ()) -> list[str]:
     """Why template ``name`` cannot launch with the catalog as it is now, each reason in words naming the
     field; [] when it can. Computed on every call, so adding a missing service makes it launchable without
-    touching the template."""
+    touching the template. ``overridden`` names the defaults a create request replaces (``provider``,
+    ``services``, ``hardwaretype``, ``imagetype``): a reason about a default the request does not use does
+    not keep it from launching."""
+    skipped = {f"defaults.{key}" for key in overridden}
     resolved, problems = resolve_template(name, view)
     if not problems.errors:
         _check_template(resolved, view, problems)
-    reasons = [f"{p.field}: {p.message}" for p in problems.items if p.severity == "error" or p.blocks_launch]
-    if not reasons and not resolved.get("defaults", {}).get("provider"):
+    reasons = [
+        f"{p.field}: {p.message}"
+        for p in problems.items
+        if (p.severity == "error" or p.blocks_launch) and p.field not in skipped
+    ]
+    if not reasons and not resolved.get("defaults", {}).get("provider") and "defaults.provider" not in skipped:
         providers = view.get("providers", {})
         if not any(not provider_launch_reasons(doc) for doc in providers.values()):
             reasons.append("defaults.provider: no provider in the catalog can launch clusters")

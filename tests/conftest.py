@@ -105,10 +105,20 @@ def sample_catalog() -> dict[str, list[Any]]:
     return read_catalog_dir(SAMPLES_DIR)
 
 
+TEST_RACKSPACE_CREDENTIALS = {"api_user": "loom-tests", "api_password": "rk-0f3a9c-tests"}
+
+
 @pytest.fixture
 def samples(sample_catalog: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """A private deep copy of the sample catalog that a test may modify."""
-    return copy.deepcopy(sample_catalog)
+    """A private deep copy of the sample catalog that a test may modify, its rackspace provider holding
+    credentials instead of the shipped ``USERNAME`` / ``API_KEY`` so that lamp and base can be previewed
+    and created. Rackspace itself is never reached: the tests that run jobs on them use the fake driver.
+    ``sample_catalog`` is the catalog as shipped."""
+    catalog = copy.deepcopy(sample_catalog)
+    for provider in catalog["providers"]:
+        if provider["name"] == "rackspace":
+            provider["provisioner"].update(TEST_RACKSPACE_CREDENTIALS)
+    return catalog
 
 
 @pytest.fixture

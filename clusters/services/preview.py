@@ -2,7 +2,9 @@
 
 Resolves the template (``extends`` / ``includes``), solves the layout on the chosen provider's hardware and
 image mappings, plans the create, checks that the config's macros can all be expanded on the nodes the
-layout would have, and prices the layout when hardware costs are known. Every input problem is raised as
+layout would have, and prices the layout when hardware costs are known. A template or provider that cannot
+launch now (a missing default service, a provider type with no driver, sample credentials) is refused first,
+with the same reasons the catalog API gives under ``reasons``. Every input problem is raised as
 an ``ApplicationError`` naming the field, so the API answers 400 with the explanation (for an impossible
 layout, the solver's reasons).
 """
@@ -31,7 +33,7 @@ from clusters.planning.specs import (
 from templates_app.models import ClusterTemplate
 from templates_app.plugin_types import FieldSchema, registry
 from templates_app.services import catalog_view
-from templates_app.validation import resolve_template
+from templates_app.validation import provider_launch_reasons, resolve_template, template_launch_reasons
 from tenants.errors import ApplicationError, NotFound
 from tenants.models import Tenant
 
@@ -102,7 +104,12 @@ class Preview:
             "size": self.layout.size,
             "services": self.services,
             "layout": {"roles": roles},
-            "cost": {"hourly": total, "complete": not unknown, "unknown_hardwaretypes": unknown},
+            "cost": {
+                "hourly": total,
+                "currency": settings.LOOM_COST_CURRENCY,
+                "complete": not unknown,
+                "unknown_hardwaretypes": unknown,
+            },
             "plan": plan_json(self.plan, self.nodes, include_tasks=include_tasks),
             "warnings": self.warnings,
         }
@@ -182,12 +189,23 @@ def cluster_preview(*, user: Any, tenant: Tenant, request: PreviewRequest) -> Pr
             f"template {request.template} cannot be resolved: {problems.errors[0].message}",
             fields={"clusterTemplate": [p.message for p in problems.errors]},
         )
+    asked = {"provider": request.provider, "services": request.services, "hardwaretype": request.hardware,
+             "imagetype": request.image}  # fmt: skip
+    overridden = [key for key, value in asked.items() if value]
+    if reasons := template_launch_reasons(request.template, view, overridden=overridden):
+        raise ApplicationError(
+            f"template {request.template} cannot launch: {reasons[0]}", fields={"clusterTemplate": reasons}
+        )
     template = template_spec(resolved)
     provider = request.provider or template.default_provider
     if not provider:
         raise ApplicationError("no provider given and the template names none", fields={"provider": ["required"]})
     if provider not in view["providers"]:
         raise NotFound(f"provider {provider} not found")
+    if reasons := provider_launch_reasons(view["providers"][provider]):
+        raise ApplicationError(
+            f"provider {provider} cannot launch clusters: {'; '.join(reasons)}", fields={"provider": reasons}
+        )
     provider_fields = check_provider_fields(view["providers"][provider], request.provider_fields or {})
     hardware, images = provider_options(provider, view["hardwaretypes"].values(), view["imagetypes"].values())
     services = {name: service_spec(doc) for name, doc in view["services"].items()}

@@ -81,7 +81,8 @@ def test_the_reasons_follow_the_catalog_as_it_is_now(admin, samples):
     assert not any("solr" in reason for reason in reasons), reasons  # the template itself was not touched
 
 
-def test_sample_credentials_keep_a_provider_and_its_templates_from_launching(admin, catalog_a):
+def test_sample_credentials_keep_a_provider_and_its_templates_from_launching(admin, sample_catalog):
+    admin.post(f"{API}/import", sample_catalog, format="json")  # as shipped: USERNAME / API_KEY
     launchable, reasons = launch(admin, "providers", "rackspace")
     assert not launchable and reasons == ["api_password, api_user hold sample values, not credentials"]
     launchable, reasons = launch(admin, "clustertemplates", "lamp")
@@ -120,3 +121,78 @@ def test_a_masked_secret_of_an_unknown_type_without_a_stored_one_is_refused(admi
     assert response.status_code == 400
     assert body(response)["error"]["fields"]["provisioner.vsphere_password"] == [
         "no stored secret to keep: give the actual value"]  # fmt: skip
+
+
+# --- preview and create refuse what cannot launch, naming the reason ----------------------------------------
+
+PREVIEW, CLUSTERS = f"{API}/clusters/preview", f"{API}/clusters"
+
+
+def create_body(template: str, **changes: Any) -> dict[str, Any]:
+    return {"name": "moved", "clusterTemplate": template, "numMachines": 3, **changes}
+
+
+@pytest.fixture
+def imported(admin, samples):
+    response = admin.post(f"{API}/import", coopr_catalog(samples), format="json")
+    assert response.status_code == 200, response.content
+    return admin
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [("lamp-solr", "defaults.services: default service 'solr' is not in the catalog"),
+     ("lamp-centos", "defaults.imagetype: default image type 'centos6' is not in compatibility.imagetypes")],
+)  # fmt: skip
+@pytest.mark.parametrize("url", [PREVIEW, CLUSTERS])
+def test_preview_and_create_of_a_template_that_cannot_launch_are_400_naming_the_reason(imported, url, template, says):
+    from clusters.models import Cluster
+
+    response = imported.post(url, create_body(template), format="json")
+
+    assert response.status_code == 400, response.content
+    error = body(response)["error"]
+    assert says in error["fields"]["clusterTemplate"] and says in error["message"]
+    assert not Cluster.objects.exists()
+
+
+@pytest.mark.parametrize("url", [PREVIEW, CLUSTERS])
+def test_preview_and_create_on_a_provider_without_a_driver_are_400_naming_it(imported, url):
+    response = imported.post(url, create_body("lamp", provider="joyent-east"), format="json")
+
+    assert response.status_code == 400, response.content
+    [reason] = body(response)["error"]["fields"]["provider"]
+    assert reason.startswith("provider type joyent has no driver in Loom")
+
+
+def test_a_template_whose_default_provider_has_sample_credentials_is_refused_until_they_are_set(
+    admin, sample_catalog, samples
+):
+    admin.post(f"{API}/import", sample_catalog, format="json")  # rackspace as shipped: USERNAME / API_KEY
+    refused = admin.post(PREVIEW, create_body("lamp"), format="json")
+    assert refused.status_code == 400
+    assert body(refused)["error"]["fields"]["clusterTemplate"] == [
+        "defaults.provider: provider rackspace: api_password, api_user hold sample values, not credentials"
+    ]
+    rackspace = sample(samples, "providers", "rackspace")  # the test fixture's credentials
+    assert admin.put(f"{API}/providers/rackspace", rackspace, format="json").status_code == 200
+    assert admin.post(PREVIEW, create_body("lamp"), format="json").status_code == 200
+
+
+def test_a_request_that_overrides_the_unusable_default_is_not_refused_for_it(imported):
+    """lamp-centos's default image is outside its compatibility; a create naming ubuntu12 does not use it."""
+    response = imported.post(PREVIEW, create_body("lamp-centos", imagetype="ubuntu12"), format="json")
+    assert response.status_code == 200, response.content
+    assert {role["imagetype"] for role in body(response)["layout"]["roles"]} == {"ubuntu12"}
+
+
+@pytest.mark.parametrize("template", ["lamp", "lamp-maybe"])
+def test_the_launchable_templates_of_the_imported_catalog_launch(imported, template):
+    """lamp-maybe lists a service the catalog lacks in its compatibility only: a warning, not a blocker."""
+    from clusters.models import Cluster
+
+    assert launch(imported, "clustertemplates", template) == (True, [])
+    assert imported.post(PREVIEW, create_body(template), format="json").status_code == 200
+    created = imported.post(CLUSTERS, create_body(template), format="json")
+    assert created.status_code == 202, created.content
+    assert Cluster.objects.get(name="moved").template_name == template

@@ -21,11 +21,18 @@ def body(**provider_fields: object) -> dict[str, object]:
             "providerFields": provider_fields}  # fmt: skip
 
 
-def test_allowed_provider_fields_are_stored_and_reach_the_driver(admin_a, tenant_a, catalog_a, client_for):
+@pytest.fixture
+def aws(admin_a: object, tenant_a: object, catalog_a: object) -> Provider:
+    """The sample aws-us-east-1 with what it needs to launch (the sample ships it empty)."""
     provider = Provider.objects.get(tenant=tenant_a, name="aws-us-east-1")
-    credentials = {"api_user": "AKIDEXAMPLE", "api_password": "not-a-real-secret-key"}
-    document = {**provider.document, "provisioner": {**provider.document["provisioner"], **credentials}}
+    ready = {"api_user": "AKIA4LOOMTESTS7QRST2", "api_password": "not-a-real-secret-key", "ssh_keypair": "loom",
+             "ssh_key_resource": "loom.pem", "security_groups": "default"}  # fmt: skip
+    document = {**provider.document, "provisioner": {**provider.document["provisioner"], **ready}}
     catalog_entity_save(tenant=tenant_a, user=admin_a, kind_key="providers", name=provider.name, data=document)
+    return provider
+
+
+def test_allowed_provider_fields_are_stored_and_reach_the_driver(admin_a, aws, client_for):
     response = client_for(admin_a).post(URL, body(availability_zone="us-east-1b"), format="json")
     assert response.status_code == 202, response.content
     cluster = Cluster.objects.get(name="zoned")
@@ -42,7 +49,7 @@ def test_allowed_provider_fields_are_stored_and_reach_the_driver(admin_a, tenant
      ({"bogus": "1"}, "providerFields.bogus", "it may set: "),
      ({"associate_public_ip": "maybe"}, "providerFields.associate_public_ip", "")],
 )  # fmt: skip
-def test_other_provider_fields_are_refused_naming_them(admin_a, catalog_a, client_for, fields, key, message):
+def test_other_provider_fields_are_refused_naming_them(admin_a, aws, client_for, fields, key, message):
     response = client_for(admin_a).post(URL, body(**fields), format="json")
     assert response.status_code == 400, response.content
     error = response.json()["error"]

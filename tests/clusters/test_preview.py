@@ -33,7 +33,8 @@ def test_preview_of_the_lamp_template(admin, user_a, client_for):
         assert {"apache-httpd", "php", "php-modules"} <= set(role["services"]) or not (
             {"apache-httpd", "php", "php-modules"} & set(role["services"])
         )
-    assert preview["cost"] == {"hourly": pytest.approx(1.08), "complete": True, "unknown_hardwaretypes": []}
+    assert preview["cost"] == {"hourly": pytest.approx(1.08), "currency": "USD", "complete": True,
+                               "unknown_hardwaretypes": []}  # fmt: skip
     assert [n["hostname"] for n in preview["nodes"]] == ["shop-1000.local", "shop-1001.local", "shop-1002.local"]
     plan = preview["plan"]
     assert plan["by_action"]["create"] == 3 and plan["by_action"]["confirm"] == 3

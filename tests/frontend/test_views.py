@@ -3,6 +3,7 @@ the create form with its preview and errors, the cluster list and page, and ever
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -48,7 +49,7 @@ def test_every_page_requires_login(client, path):
 def test_catalog_lists_templates_with_size_limits_and_cost(stack, user_a):
     page = text(signed_in(user_a).get("/"))
     assert "stack" in page and "a web stack" in page
-    assert re.search(r"about 1\.000 an hour at 2 machines", page), page  # db and lb cannot share: 2 x 0.5
+    assert re.search(r"about USD 1\.000 an hour at 2 machines", page), page  # db and lb cannot share: 2 x 0.5
     assert 'href="/admin/"' not in page
 
 
@@ -108,7 +109,7 @@ def test_token_form_errors_sit_next_to_the_field(user_a):
 def test_create_preview_shows_layout_plan_and_cost_and_creates_nothing(stack, user_a):
     client = signed_in(user_a)
     page = text(client.post("/clusters/new/", {"template": "stack", "name": "shop", "size": 3, "preview": "1"}))
-    assert 'id="preview"' in page and "3 machines on fakecloud" in page and "1.500 an hour" in page
+    assert 'id="preview"' in page and "3 machines on fakecloud" in page and "USD 1.500 an hour" in page
     assert '<svg class="dag"' in page and 'id="create-button"' in page
     assert not Cluster.objects.exists()
 
@@ -257,3 +258,46 @@ def test_a_member_who_may_only_view_gets_403_on_operations(stack, tenant_a, admi
     page = text(client.get(f"/clusters/{cluster.pk}/"))
     assert 'id="actions"' not in page
     assert client.get(f"/clusters/{cluster.pk}/delete/").status_code == 403
+
+
+def test_the_catalog_card_of_a_template_that_cannot_launch_shows_why_instead_of_a_create_button(
+    tenant_a, user_a, sample_catalog
+):
+    """The sample catalog as shipped: lamp and base run on rackspace, whose credentials are sample values."""
+    from templates_app.services import catalog_import
+
+    catalog_import(tenant=tenant_a, user=None, data=sample_catalog)
+    page = text(signed_in(user_a).get("/"))
+    cards = dict(re.findall(r'<section class="card" aria-labelledby="t-([\w-]+)">(.*?)</section>', page, re.S))
+    assert set(cards) == {"base", "lamp"}
+    for card in cards.values():
+        assert "Cannot be launched yet" in card and "Create a cluster" not in card
+        assert "api_password, api_user hold sample values, not credentials" in card
+        assert "an hour" not in card
+
+
+def test_launchable_and_unlaunchable_cards_side_by_side(stack, tenant_a, admin_a, user_a):
+    from templates_app.services import catalog_entity_save
+
+    broken = copy.deepcopy(next(t for t in stack["clustertemplates"] if t["name"] == "stack"))
+    broken["name"] = "stack-search"
+    broken["defaults"]["services"].append("solr")
+    saved = catalog_entity_save(tenant=tenant_a, user=admin_a, kind_key="clustertemplates", name=None, data=broken)
+    assert saved is not None
+    page = text(signed_in(user_a).get("/"))
+    cards = dict(re.findall(r'<section class="card" aria-labelledby="t-([\w-]+)">(.*?)</section>', page, re.S))
+    assert "Create a cluster" in cards["stack"] and "Cannot be launched" not in cards["stack"]
+    assert "Create a cluster" not in cards["stack-search"]
+    assert "defaults.services: default service &#x27;solr&#x27; is not in the catalog" in cards["stack-search"]
+
+
+def test_the_cost_of_one_machine_is_singular(stack, tenant_a, admin_a, user_a):
+    from templates_app.services import catalog_entity_save
+
+    solo = copy.deepcopy(next(t for t in stack["clustertemplates"] if t["name"] == "stack"))
+    solo |= {"name": "solo"}
+    solo["defaults"]["services"] = ["base"]
+    solo["defaults"]["config"] = {}
+    catalog_entity_save(tenant=tenant_a, user=admin_a, kind_key="clustertemplates", name=None, data=solo)
+    page = text(signed_in(user_a).get("/"))
+    assert re.search(r"about USD 0\.500 an hour at 1 machine</dd>", page), page
