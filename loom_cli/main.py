@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from . import __version__, config
 from .client import ApiError, Client
 
-EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_JOB_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_NOT_LAUNCHABLE = 0, 1, 2, 3, 4
 ENDED = {"completed", "failed", "aborted"}
 BAR_WIDTH = 30
 
@@ -171,9 +171,31 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_templates(args: argparse.Namespace, client: Client) -> int:
     templates = client.get_all("clustertemplates")
     emit(args, templates, lambda data: table(
-        [(item["name"], _size_range(item), item.get("description", "")) for item in data],
-        ["NAME", "SIZE", "DESCRIPTION"]))  # fmt: skip
+        [(item["name"], _size_range(item), _launchable(item), item.get("description", "")) for item in data],
+        ["NAME", "SIZE", "LAUNCHABLE", "DESCRIPTION"]))  # fmt: skip
     return EXIT_OK
+
+
+def _launchable(item: dict[str, Any]) -> str:
+    """``yes``, or ``no:`` and the reasons the server gives (a server without the flag: ``?``)."""
+    if "launchable" not in item:
+        return "?"
+    return "yes" if item["launchable"] else "no: " + "; ".join(item.get("reasons") or [])
+
+
+def cmd_catalog_status(args: argparse.Namespace, client: Client) -> int:
+    """Which templates and providers can launch now, and why the others cannot; exit 4 if any cannot."""
+    found = {kind: client.get_all(kind) for kind in ("clustertemplates", "providers")}
+    rows = [(kind[:-1].replace("cluster", ""), item["name"], _launchable(item))
+            for kind, items in found.items() for item in items]  # fmt: skip
+    emit(args, {kind: [{"name": i["name"], "launchable": i.get("launchable"), "reasons": i.get("reasons", [])}
+                       for i in items] for kind, items in found.items()},
+         lambda data: table(rows, ["KIND", "NAME", "LAUNCHABLE"]))  # fmt: skip
+    return (
+        EXIT_OK
+        if all(item.get("launchable", True) for items in found.values() for item in items)
+        else EXIT_NOT_LAUNCHABLE
+    )
 
 
 def _size_range(template: dict[str, Any]) -> str:
@@ -355,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("services", nargs="+")
         change.set_defaults(run=day2(path, lambda a: {"services": _names(a.services)}))
 
-    catalog = commands.add_parser("catalog", help="export or import the tenant's whole catalog")
-    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="export|import")
+    catalog = commands.add_parser("catalog", help="export, import or check the tenant's whole catalog")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="export|import|status")
     export = catalog_commands.add_parser("export", parents=[common], help="write the catalog to FILE ('-': stdout)")
     export.add_argument("file")
     export.set_defaults(run=cmd_catalog_export)
@@ -364,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("file")
     import_.add_argument("--replace", action="store_true", help="also delete what the file does not contain")
     import_.set_defaults(run=cmd_catalog_import)
+    status = catalog_commands.add_parser(
+        "status", parents=[common], help="which templates and providers can launch, and why not (exit 4 if any cannot)"
+    )
+    status.set_defaults(run=cmd_catalog_status)
     return parser
 
 

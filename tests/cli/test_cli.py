@@ -143,3 +143,19 @@ def test_usage_errors_exit_2_and_nothing_is_sent(loom, tmp_path):
     assert "give a COUNT or --nodes" in loom("scale-in", "1", code=2).stderr
     unreachable = loom("clusters", code=1)
     assert "cannot reach http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_catalog_status_says_what_cannot_launch_and_why(server, loom, tenant_a):
+    fleet = next(t for t in broken_catalog()["clustertemplates"] if t["name"] == "fleet")
+    wants_solr = {**fleet, "name": "fleet-solr", "defaults": {**fleet["defaults"],
+                  "services": [*fleet["defaults"]["services"], "solr"]}}  # fmt: skip
+    catalog_import(tenant=tenant_a, user=None, data={"clustertemplates": [wants_solr]})
+    loom("login", "--url", server["url"], "--token", server["token"])
+
+    shown = loom("catalog", "status", code=4).stdout
+    [line] = [row for row in shown.splitlines() if "fleet-solr" in row]
+    assert "no: defaults.services: default service 'solr' is not in the catalog" in line
+    assert any(row.split()[:3] == ["template", "fleet", "yes"] for row in shown.splitlines()), shown
+    listed = {item["name"]: item for item in loom.json("catalog", "status", code=4)["clustertemplates"]}
+    assert listed["fleet"]["launchable"] is True and listed["fleet-solr"]["launchable"] is False
+    assert "no: defaults.services" in loom("templates").stdout
