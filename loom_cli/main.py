@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import uuid
@@ -45,8 +46,17 @@ def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> Non
         sys.stdout.write(text(data).rstrip("\n") + "\n")
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(value: Any) -> str:
+    """``value`` as text with control characters shown as ``?``: names, descriptions and reasons come from
+    a tenant's catalog, and an escape sequence in one must not drive the reader's terminal."""
+    return CONTROL_CHARACTERS.sub("?", str(value))
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    cells = [[printable(cell) for cell in row] for row in [headers, *rows]]
     widths = [max(len(row[index]) for row in cells) for index in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in cells)  # fmt: skip

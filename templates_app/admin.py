@@ -135,16 +135,19 @@ class LaunchableListFilter(admin.SimpleListFilter):
     title = "launchable"
     parameter_name = "launchable"
 
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: Any) -> None:
+        self.kind_key = model_admin.kind_key
+        super().__init__(request, params, model, model_admin)
+
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("yes", "Yes"), ("no", "No, with reasons")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() not in ("yes", "no"):
             return queryset
-        kind_key = queryset.model._meta.model_name + "s"
         picked = []
         for obj in queryset.select_related("tenant").only("pk", "name", "tenant"):
-            blocked = bool(tenant_launch_reasons(request, obj.tenant, kind_key).get(obj.name))
+            blocked = bool(tenant_launch_reasons(request, obj.tenant, self.kind_key).get(obj.name))
             if blocked == (self.value() == "no"):
                 picked.append(obj.pk)
         return queryset.filter(pk__in=picked)

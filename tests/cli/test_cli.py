@@ -159,3 +159,12 @@ def test_catalog_status_says_what_cannot_launch_and_why(server, loom, tenant_a):
     listed = {item["name"]: item for item in loom.json("catalog", "status", code=4)["clustertemplates"]}
     assert listed["fleet"]["launchable"] is True and listed["fleet-solr"]["launchable"] is False
     assert "no: defaults.services" in loom("templates").stdout
+
+
+def test_tables_never_print_control_characters_from_the_catalog():
+    """A tenant-supplied description with a terminal escape (here: set the window title) prints inert."""
+    from loom_cli.main import table
+
+    shown = table([("lamp", "\x1b]0;owned\x07 a web stack\r\n")], ["NAME", "DESCRIPTION"])
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert "?]0;owned? a web stack" in shown
