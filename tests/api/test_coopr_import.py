@@ -5,14 +5,19 @@ from the catalog as it is now (adding the missing service makes the template lau
 from __future__ import annotations
 
 import copy
+import io
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from providers.drivers.base import DRIVERS
 from templates_app.plugin_types import registry
+from tests.api.coopr_rules import violations
 from tests.api.helpers import API, body
+from tests.catalogs.test_starter_catalog import STARTER
 from tests.conftest import sample
+from tests.factories import enable_operator_providers
 
 pytestmark = pytest.mark.django_db
 
@@ -215,9 +220,59 @@ def test_an_exported_coopr_catalog_reimports_into_an_empty_tenant_to_the_same_do
     response = other.post(f"{API}/import", again, format="json")
     assert response.status_code == 200, response.content
     assert body(other.get(f"{API}/export")) == exported
-    for kind in ("services", "clustertemplates"):  # the original's field rules: lower-case enums, its key names
-        for doc in exported[kind]:
-            for action in (doc.get("provisioner") or {}).get("actions", {}).values():
-                assert action["type"] == action["type"].lower()
-    assert set(exported) <= {"providers", "hardwaretypes", "imagetypes", "services", "clustertemplates",
-                             "partialtemplates", "automatortypes", "providertypes"}  # fmt: skip
+    assert violations(exported) == []  # the original's own field rules, and none of Loom's additions
+
+
+def test_loom_s_own_starter_catalog_exports_in_the_original_s_shape(tenant_a, admin_a, client_for):
+    """A catalog written for Loom (shell automators, scripts as plugin resources) exports within the
+    original's rules too: nothing Loom-only appears unless the catalog asked for it (next test)."""
+    enable_operator_providers(tenant_a)
+    call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, "--resources", stdout=io.StringIO())
+    exported = body(client_for(admin_a).get(f"{API}/export"))
+    assert {kind for kind, docs in exported.items() if docs} >= {"providers", "services", "clustertemplates"}
+    assert violations(exported) == []
+
+
+def test_loom_s_additions_are_written_only_when_set_and_are_the_only_departure(admin, samples):
+    """Loom's per-template task settings are keys the original's codec skips: they appear in the export
+    only in the template that set them, and nothing else departs from the original's rules."""
+    lamp = next(doc for doc in samples["clustertemplates"] if doc["name"] == "lamp")
+    lamp["administration"] |= {"maxattempts": 5, "tasktimeout": "10m"}
+    assert admin.post(f"{API}/import", samples, format="json").status_code == 200
+    exported = body(admin.get(f"{API}/export"))
+    assert sorted(violations(exported)) == [
+        "clustertemplates/lamp: administration.maxattempts: is not a key the original's codec reads",
+        "clustertemplates/lamp: administration.tasktimeout: is not a key the original's codec reads",
+    ]
+    additions = {"administration.maxattempts", "administration.tasktimeout"}
+    assert violations(exported, extensions=additions) == []
+
+
+BROKEN = [
+    ("services", {"provisioner": {"actions": {"INSTALL": {"type": "shell", "fields": {}}}}},
+     "provisioner.actions.INSTALL: is not a key"),
+    ("services", {"provisioner": {"actions": {"start": {"type": "Shell", "fields": {}}}}}, "not lower-case"),
+    ("services", {"provisioner": {"actions": {"start": {"fields": {}}}}}, "start.type: must be a non-empty"),
+    ("services", {"provisioner": {"actions": {"start": {"type": "shell", "fields": {"n": 1}}}}}, "to strings"),
+    ("services", {"dependencies": {"runtime": {"needs": ["base"]}}}, "dependencies.runtime.needs: is not a key"),
+    ("services", {"links": [{"label": "ui"}]}, "links[0].url: must be a non-empty string"),
+    ("clustertemplates", {"constraints": {"services": {"web": {"hardwaretypes": []}}}},
+     "constraints.services.web.quantities: is required"),
+    ("clustertemplates", {"constraints": {"size": {"min": 0}}}, "constraints.size.min: must be a whole number >= 1"),
+    ("clustertemplates", {"administration": {"leaseduration": {"initial": "2w"}}}, "Unsupported relative time"),
+    ("clustertemplates", {"administration": {"maxattempts": 3}}, "administration.maxattempts: is not a key"),
+    ("clustertemplates", {"defaults": {"dnsSuffix": "-bad-.x"}}, "is an invalid DNS suffix"),
+    ("clustertemplates", {"immutable": True}, "immutable: is not a key"),
+    ("partialtemplates", {"extends": {"name": "x"}}, "extends: is not a key"),
+    ("hardwaretypes", {"providermap": {"aws": {"flavor": 2}}}, "providermap.aws: must map field names to strings"),
+    ("providers", {"providertype": ""}, "providertype: must be a non-empty string"),
+    ("imagetypes", {"name": "centos 6"}, "invalid name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "change", "says"), BROKEN, ids=[says for _, _, says in BROKEN])
+def test_the_field_rules_catch_what_the_original_would_refuse_or_misread(samples, kind, change, says):
+    """The checker the round trip relies on can fail: each break of a rule is reported on its path."""
+    assert violations(samples) == []
+    doc = (samples.get(kind) or [{"name": "p"}])[0] | change
+    assert [line for line in violations({kind: [doc]}) if says in line], violations({kind: [doc]})
