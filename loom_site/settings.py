@@ -264,6 +264,12 @@ CELERY_DB_REUSE_MAX = env.int("LOOM_CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# After a reconnect Celery lowers the prefetch count and raises it again from each task's acknowledgement,
+# which on the thread pool runs in a task's thread: on RabbitMQ that thread then sends basic.qos on the
+# consumer's channel and reads the consumer's frames itself (py-amqp is not thread-safe), and the worker
+# stops receiving for good (tests/clusters/test_broker_faults.py caught it). The claim makes a full
+# prefetch after a reconnect harmless, so the reduction is off.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

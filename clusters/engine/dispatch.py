@@ -14,15 +14,23 @@ from __future__ import annotations
 import threading
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 from django.conf import settings
+from kombu.exceptions import OperationalError
 
+from clusters.engine.broker_watch import hand_back, reconnect_step
 from clusters.engine.core import Claimed, Ready
 from clusters.engine.local_dispatch import attach_to_worker, detach_from_worker, local
 from clusters.engine.runner import task_run
 
 worker_ready.connect(attach_to_worker, dispatch_uid="clusters.engine.local_dispatch.attach")
 worker_shutting_down.connect(detach_from_worker, dispatch_uid="clusters.engine.local_dispatch.detach")
+
+
+@worker_init.connect(dispatch_uid="clusters.engine.broker_watch.reconnect")
+def _add_reconnect_step(sender: object = None, **kwargs: object) -> None:
+    """Before the worker builds its consumer: check the broker each time the consumer reconnects."""
+    sender.app.steps["consumer"].add(reconnect_step(enqueue))  # type: ignore[attr-defined]
 
 
 def enqueue(ready: list[Ready]) -> None:
@@ -35,7 +43,7 @@ def enqueue(ready: list[Ready]) -> None:
     _hand_out([item.task_pk for item in unclaimed if not item.countdown])
     for item in unclaimed:
         if item.countdown:
-            task_run_task.apply_async((item.task_pk,), countdown=item.countdown)
+            _send([item.task_pk], task_run_task, (item.task_pk,), countdown=item.countdown)
 
 
 def _hand_out(task_pks: list[int]) -> None:
@@ -57,9 +65,20 @@ def publish(task_pks: list[int]) -> None:
     for start in range(0, len(task_pks), size):
         batch = task_pks[start : start + size]
         if len(batch) == 1:
-            task_run_task.apply_async((batch[0],))
+            _send(batch, task_run_task, (batch[0],))
         else:
-            task_run_batch_task.apply_async((batch,))
+            _send(batch, task_run_batch_task, (batch,))
+
+
+def _send(task_pks: list[int], celery_task: object, args: tuple[object, ...], **options: object) -> None:
+    """Publish one message; when the broker cannot take it (down, restarting, unreachable: Celery's own
+    publish retries are spent), the tasks are handed back to the database to be sent again as soon as the
+    broker is back (``broker_watch``), not a redispatch interval later, and the caller (a finish, or the
+    web request that started a job, all committed already) goes on instead of failing."""
+    try:
+        celery_task.apply_async(args, **options)  # type: ignore[attr-defined]
+    except OperationalError as error:
+        hand_back(task_pks, error)
 
 
 MAX_CONTINUATIONS = 50

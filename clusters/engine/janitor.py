@@ -10,6 +10,8 @@ message left behind, so no job waits forever (architecture.md §3, "Timeouts and
 3. **Lost messages.** A task sent to the broker but not claimed within ``LOOM_REDISPATCH_SECONDS`` of when
    it was due (a message lost with a killed worker; Redis would hand an unacknowledged one back only after
    its visibility timeout, an hour by default) is sent again. A duplicate is harmless: the claim decides.
+   A broker that lost every message at once (killed and back empty) is told apart by its marker
+   (``broker_watch``) and everything it held is sent again at once, without that wait.
 4. **Budgets.** Tenants with queued tasks not sent yet get a dispatch, in case nothing else would trigger
    one (a budget raised by an admin, say).
 5. **Idempotency records** older than ``LOOM_IDEMPOTENCY_TTL_SECONDS`` are deleted: a client retries a
@@ -29,8 +31,10 @@ from celery import shared_task
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
-from clusters.engine.core import OnReady, Ready, task_finish, tenant_dispatch
+from clusters.engine.broker_watch import broker_recover, dispatch_unsent
+from clusters.engine.core import OnReady, Ready, task_finish
 from clusters.engine.dispatch import enqueue
 from clusters.models import IdempotencyRecord, Job, Task, TaskAttempt
 
@@ -42,6 +46,7 @@ class JanitorReport:
     lost: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     redispatched: list[int] = field(default_factory=list)
+    broker_lost: list[int] = field(default_factory=list)
     dispatched: list[int] = field(default_factory=list)
     idempotency_records_deleted: int = 0
 
@@ -51,24 +56,23 @@ def janitor_run(*, on_ready: OnReady, now: datetime | None = None) -> JanitorRep
     now = now or timezone.now()
     report = JanitorReport()
     _recover_running(report, now=now, on_ready=on_ready)
+    try:
+        report.broker_lost = broker_recover(on_ready=on_ready, now=now)
+    except OperationalError as error:  # the broker is down: what can be done in the database still is
+        logger.warning("janitor cannot reach the broker", extra={"error": f"{type(error).__name__}: {error}"})
     _redispatch(report, now=now, on_ready=on_ready)
-    tenants = (
-        Task.objects.filter(
-            Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING)),
-            status=Task.Status.QUEUED,
-            dispatched_at__isnull=True,
-        )
-        .values_list("tenant_id", flat=True)
-        .distinct()
-    )
-    for tenant_id in list(tenants):
-        report.dispatched.extend(ready.task_pk for ready in tenant_dispatch(tenant_id=tenant_id, on_ready=on_ready))
+    report.dispatched = dispatch_unsent(on_ready=on_ready)
     expired = now - timedelta(seconds=settings.LOOM_IDEMPOTENCY_TTL_SECONDS)
     report.idempotency_records_deleted = IdempotencyRecord.objects.filter(created_at__lt=expired).delete()[0]
-    if report.lost or report.timed_out or report.redispatched:
+    if report.lost or report.timed_out or report.redispatched or report.broker_lost:
         logger.warning(
             "janitor recovered tasks",
-            extra={"lost": report.lost, "timed_out": report.timed_out, "redispatched": report.redispatched},
+            extra={
+                "lost": report.lost,
+                "timed_out": report.timed_out,
+                "redispatched": report.redispatched,
+                "broker_lost": report.broker_lost,
+            },
         )
     return report
 

@@ -13,19 +13,25 @@ Backoff, heartbeat and janitor intervals are shortened through the workers' envi
 from __future__ import annotations
 
 import time
-from collections import Counter
-from typing import Any
 
 import pytest
 
-from clusters.models import Cluster, Job, Node, Task, TaskAttempt
-from clusters.services.lifecycle import cluster_create, cluster_delete
+from clusters.models import Cluster, Job, Task, TaskAttempt
+from clusters.services.lifecycle import cluster_create
 from clusters.services.preview import PreviewRequest
 from providers.models import Provider
 from templates_app.services import catalog_import
 from tenants.models import Tenant
 
-from .workers import TIMEOUT_S, WorkerPool, catalog, machines, run_to_completion, wait_for_job
+from .workers import (
+    TIMEOUT_S,
+    WorkerPool,
+    assert_one_machine_per_node,
+    catalog,
+    delete_and_check_nothing_left,
+    run_to_completion,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,24 +43,6 @@ JANITOR = {
     "LOOM_REDISPATCH_SECONDS": "4",
     "LOOM_JANITOR_SECONDS": "1",
 }
-
-
-def assert_one_machine_per_node(cluster: Cluster, provider: Provider) -> None:
-    nodes = list(Node.objects.filter(cluster=cluster))
-    made = Counter(
-        machines(provider).filter(node_key__in=[n.node_key for n in nodes]).values_list("node_key", flat=True)
-    )
-    assert made == Counter({node.node_key: 1 for node in nodes}), "a machine was duplicated or never made"
-    assert all(node.machine_id and node.status == Node.Status.ACTIVE for node in nodes)
-
-
-def delete_and_check_nothing_left(admin: Any, cluster: Cluster, provider: Provider, log: Any) -> None:
-    run_to_completion(cluster_delete(user=admin, cluster=cluster), log)
-    cluster.refresh_from_db()
-    assert cluster.status == Cluster.Status.TERMINATED
-    keys = Node.objects.filter(cluster=cluster).values_list("node_key", flat=True)
-    live = machines(provider).filter(node_key__in=list(keys), deleted_at__isnull=True)
-    assert not live.exists(), f"leaked machines: {list(live.values_list('machine_id', flat=True))}"
 
 
 def test_every_cluster_completes_through_30_percent_transient_failures(workers: WorkerPool, tenant_a, admin_a):

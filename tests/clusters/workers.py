@@ -24,7 +24,8 @@ from django.db import connection
 from bench import workers as bench_workers
 from clusters.engine.core import job_retry
 from clusters.engine.dispatch import enqueue
-from clusters.models import Cluster, Job, Task, TaskAttempt
+from clusters.models import Cluster, Job, Node, Task, TaskAttempt
+from clusters.services.lifecycle import cluster_delete
 from loom_site.celery import app
 from providers.models import FakeMachine, Provider
 from providers.services import provider_key
@@ -65,9 +66,11 @@ def forget_connections() -> None:
 class WorkerPool:
     """Worker processes on one broker; ``log`` collects every worker's output."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.number = claim_redis_db()
-        self.broker = f"{REDIS}/{self.number}"
+    def __init__(self, tmp_path: Path, broker: str | None = None) -> None:
+        """On a Redis database of the shared server claimed for this pool, or on ``broker`` (a private one a
+        fault test owns, see ``bench/private_services.py``)."""
+        self.claimed = broker is None
+        self.broker = broker or f"{REDIS}/{claim_redis_db()}"
         self.log = tmp_path / "worker.log"
         self.processes: list[subprocess.Popen[bytes]] = []
         self._saved = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
@@ -130,7 +133,8 @@ class WorkerPool:
                 process.wait()
         app.conf.update(self._saved)
         forget_connections()
-        redis.Redis.from_url(self.broker).flushdb()
+        if self.claimed:
+            redis.Redis.from_url(self.broker).flushdb()
 
     def tail(self, size: int = 4000) -> str:
         return self.log.read_text()[-size:] if self.log.exists() else ""
@@ -206,3 +210,23 @@ def run_to_completion(job: Job, log: Path, retries: int = 0, timeout: float = TI
 
 def machines(provider: Provider) -> Any:
     return FakeMachine.objects.filter(provider_key=provider_key(provider=provider))
+
+
+def assert_one_machine_per_node(cluster: Cluster, provider: Provider) -> None:
+    """Every node of the cluster is active on exactly one machine the provider made for it."""
+    nodes = list(Node.objects.filter(cluster=cluster))
+    made = Counter(
+        machines(provider).filter(node_key__in=[n.node_key for n in nodes]).values_list("node_key", flat=True)
+    )
+    assert made == Counter({node.node_key: 1 for node in nodes}), "a machine was duplicated or never made"
+    assert all(node.machine_id and node.status == Node.Status.ACTIVE for node in nodes)
+
+
+def delete_and_check_nothing_left(admin: Any, cluster: Cluster, provider: Provider, log: Any) -> None:
+    """Delete the cluster through the workers and check that no machine of its nodes is left."""
+    run_to_completion(cluster_delete(user=admin, cluster=cluster), log)
+    cluster.refresh_from_db()
+    assert cluster.status == Cluster.Status.TERMINATED
+    keys = Node.objects.filter(cluster=cluster).values_list("node_key", flat=True)
+    live = machines(provider).filter(node_key__in=list(keys), deleted_at__isnull=True)
+    assert not live.exists(), f"leaked machines: {list(live.values_list('machine_id', flat=True))}"
