@@ -200,19 +200,27 @@ class PrivateRabbitMQ(_Service):
 
 
 class PrivatePostgres(_Service):
-    """A PostgreSQL cluster from ``initdb``, trust authentication on 127.0.0.1."""
+    """A PostgreSQL cluster from ``initdb``, trust authentication on 127.0.0.1. As for RabbitMQ, its folders
+    are in a folder of their own under the system's temporary folder (the server runs as ``postgres`` when
+    this runs as root); ``stop`` removes them."""
 
     name = "postgres"
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.data = root / "data"
+        root.mkdir(parents=True, exist_ok=True)
+        super().__init__(Path(tempfile.mkdtemp(prefix="loom-postgres-")))
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
+    def create_database(self, name: str) -> None:
+        self._run(_pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+
     def _run(self, *command: str) -> None:
         user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        command = (_pg_binary(command[0]), *command[1:])
         result = subprocess.run([*user, *command], capture_output=True, text=True, timeout=120, check=False)
         if result.returncode:
             raise ServiceError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
@@ -236,6 +244,7 @@ class PrivatePostgres(_Service):
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._ctl("stop", "-w", "-m", "fast")
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def kill(self) -> None:
         self._ctl("stop", "-m", "immediate")
@@ -243,5 +252,16 @@ class PrivatePostgres(_Service):
 
     @staticmethod
     def _own(path: Path) -> None:
+        """initdb refuses to run as root, and the data folder must belong to the server's user."""
         if os.geteuid() == 0:
             shutil.chown(path, "postgres", "postgres")
+
+
+def _pg_binary(name: str) -> str:
+    """A PostgreSQL server program: from PATH, else from Debian's versioned folder (not on PATH there)."""
+    if shutil.which(name):
+        return name
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda path: int(path.parts[-3]))
+    if not found:
+        raise ServiceError(f"{name} not found on PATH or under /usr/lib/postgresql (apt-get install postgresql)")
+    return str(found[-1])

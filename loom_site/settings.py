@@ -286,6 +286,9 @@ if LOOM_SCHEDULING not in ("dag", "staged"):
 LOOM_HEARTBEAT_SECONDS = env.float("LOOM_HEARTBEAT_SECONDS", default=10.0)
 LOOM_HEARTBEAT_TIMEOUT = env.float("LOOM_HEARTBEAT_TIMEOUT", default=60.0)
 LOOM_REDISPATCH_SECONDS = env.float("LOOM_REDISPATCH_SECONDS", default=300.0)
+# How long a worker keeps retrying a claim or a finish while the database cannot be reached (a restart, a
+# failover) before it gives the task up to the janitor (clusters.engine.runner.until_the_database_answers).
+LOOM_DATABASE_OUTAGE_SECONDS = env.float("LOOM_DATABASE_OUTAGE_SECONDS", default=120.0)
 # Tasks ready at once that a process cannot run on its own idle threads go to the broker this many to a
 # message (clusters.engine.dispatch.publish): a job's start is one or two messages, not one per node.
 LOOM_DISPATCH_BATCH = env.int("LOOM_DISPATCH_BATCH", default=64)

@@ -14,9 +14,18 @@
      ``retry_after`` as countdown. A boot that takes ten polls therefore never exhausts the retry budget, and
      no worker thread is held while a machine boots (architecture.md §3, "waiting is not working");
    * ``TransientError`` → a retryable failure (the engine backs off, up to the task's ``max_attempts``);
-   * ``TerminalError`` or any other exception → a terminal failure, failing the job.
+   * ``TerminalError`` or any other exception → a terminal failure, failing the job;
+   * the database gone during the work (``DATABASE_ERRORS``) → a retryable failure: an outage of Loom's own
+     database says nothing about the task.
 
    Every failure records the error class and a log (redacted by the engine, tail kept on the attempt).
+
+A database restart must not cost a job (issue 16). The claim, the finish and the release are retried with
+backoff until the database answers again (``until_the_database_answers``, at most
+``LOOM_DATABASE_OUTAGE_SECONDS``) on a fresh connection: each is one transaction, and a finish is idempotent
+per attempt, so one whose commit did go through before the connection broke changes nothing the second
+time. Without this, the work done (a machine created) would be lost with the finish, and the task would wait
+for the janitor's dead-worker pass (``LOOM_HEARTBEAT_TIMEOUT``) to be run again.
 
 Which machine to talk to is derived from the database only (the node's ``node_key`` and ``machine_id``),
 never from the message, so a retried or duplicated task does the same thing again: creates are idempotent
@@ -30,9 +39,12 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 
 from clusters.engine import automation
 from clusters.engine.core import Claimed, OnReady, Ready, task_claim_for_run, task_finish, task_release
@@ -50,6 +62,11 @@ from providers.services import provider_driver
 from templates_app.macro_syntax import json_strings
 
 logger = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+"""What a database that cannot be reached raises (a lost connection, a server shutting down or starting)."""
+
+T = TypeVar("T")
 
 MACRO_WAIT_SECONDS = 2.0
 """How long a task whose config needs a peer's address waits before trying again."""
@@ -82,7 +99,7 @@ def task_run(
     next task that may run at once for ``worker`` (``engine.task_finish(claim_next_for=...)``); it comes back
     with ``Ready.claimed`` set, and the caller must run it."""
     if claimed is None:
-        claimed = task_claim_for_run(task_pk=task_pk, worker=worker)
+        claimed = until_the_database_answers(partial(task_claim_for_run, task_pk=task_pk, worker=worker), task_pk)
     if claimed is None:
         logger.info("nothing to claim", extra={"task": task_pk, "worker": worker})
         return []
@@ -91,16 +108,46 @@ def task_run(
         with heartbeat.beating(task_pk, worker):
             log = task_execute(claimed)
     except Waiting as waiting:
-        return task_release(attempt=attempt, countdown=waiting.countdown, reason=waiting.reason, on_ready=on_ready)
-    except TransientError as error:
+        release = partial(
+            task_release, attempt=attempt, countdown=waiting.countdown, reason=waiting.reason, on_ready=on_ready
+        )
+        return until_the_database_answers(release, task_pk)
+    except (TransientError, *DATABASE_ERRORS) as error:
         return _fail(attempt, error, retryable=True, on_ready=on_ready)
     except TerminalError as error:
         return _fail(attempt, error, retryable=False, on_ready=on_ready)
     except Exception as error:  # anything unexpected is a bug or an unclassified failure: do not retry it
         logger.exception("task %s failed unexpectedly", task_pk, extra={"task": task_pk})
         return _fail(attempt, error, retryable=False, on_ready=on_ready, trace=True)
-    return task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.SUCCEEDED, log=log, on_ready=on_ready,
-                       claim_next_for=worker if claim_next else None)  # fmt: skip
+    succeeded = partial(
+        task_finish,
+        attempt=attempt,
+        outcome=TaskAttempt.Outcome.SUCCEEDED,
+        log=log,
+        on_ready=on_ready,
+        claim_next_for=worker if claim_next else None,
+    )
+    return until_the_database_answers(succeeded, task_pk)
+
+
+def until_the_database_answers(call: Callable[[], T], task_pk: int) -> T:
+    """``call()``, again on a fresh connection while the database cannot be reached, with backoff (0.25 s
+    doubling to 5 s) for up to ``LOOM_DATABASE_OUTAGE_SECONDS``; then the error goes up (the task is left
+    to the janitor). ``call`` must be one transaction that is safe to repeat: a claim, a finish, a release."""
+    deadline = time.monotonic() + settings.LOOM_DATABASE_OUTAGE_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return call()
+        except DATABASE_ERRORS as error:
+            if connection.in_atomic_block or time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "database unavailable; retrying", extra={"task": task_pk, "error": f"{type(error).__name__}: {error}"}
+            )
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _fail(
@@ -112,7 +159,8 @@ def _fail(
     log += f"{type(error).__name__}: {error}\n"
     if trace:
         log += "".join(traceback.format_exception(error))
-    return task_finish(
+    failed = partial(
+        task_finish,
         attempt=attempt,
         outcome=TaskAttempt.Outcome.FAILED,
         error_class=type(error).__name__,
@@ -120,6 +168,7 @@ def _fail(
         log=log,
         on_ready=on_ready,
     )
+    return until_the_database_answers(failed, attempt.task_id)
 
 
 def task_execute(claimed: Claimed) -> str:

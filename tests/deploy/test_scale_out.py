@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from bench.deployment import FAST_RECOVERY
 from clusters.models import Cluster, Node, Task, TaskAttempt
 from providers.models import Provider
 from templates_app.services import catalog_import
@@ -43,15 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOOM_SERVE = ROOT / "deploy" / "loom-serve"
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
 TIMEOUT_S = 120.0
-# Production intervals are minutes; these make a dead worker's tasks come back within a few seconds.
-INTERVALS = {
-    "LOOM_RETRY_BACKOFF_SECONDS": "0.2",
-    "LOOM_RETRY_BACKOFF_CAP_SECONDS": "2",
-    "LOOM_HEARTBEAT_SECONDS": "0.5",
-    "LOOM_HEARTBEAT_TIMEOUT": "3",
-    "LOOM_REDISPATCH_SECONDS": "4",
-    "LOOM_JANITOR_SECONDS": "1",
-}
+INTERVALS = FAST_RECOVERY
 CLUSTERS = 4
 NODES = 6
 ENDED = ("completed", "failed", "aborted")
