@@ -4,13 +4,12 @@ each, 50,000 nodes in all), and every endpoint a user browses or polls must run 
 at both sizes, within its budget. A query added per row (an N+1) or per cluster in the tenant fails here
 long before a load test would show it.
 
-The rows are bulk-inserted copies of one cluster made the ordinary way, so the pages and serializers see
-real data: statuses vary, every cluster has nodes with services and a finished job.
+The rows are bulk-inserted (``bench/seed.py``) with the catalog references of a cluster made the ordinary
+way, so the pages and serializers see real data: statuses vary, every cluster has nodes and a finished job.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from bench.seed import grow_clusters
 from clusters.models import Cluster, Job, Node
 from tests.clusters.engine_helpers import make_cluster
 
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.django_db
 
 NODES = 5
 SIZES = (100, 10_000)
-STATUSES = [Cluster.Status.ACTIVE, Cluster.Status.ACTIVE, Cluster.Status.INCOMPLETE, Cluster.Status.TERMINATED]
 # Queries per request, at any size: what a request costs today (2026-12-07) plus 2. Raising one needs a reason.
 # (The home page lists the catalog's templates; how its count grows with the catalog is not measured here.)
 BUDGET = {
@@ -39,29 +38,6 @@ BUDGET = {
     "page cluster live": 14,
     "page home": 28,
 }
-
-
-def grow(tenant: Any, owner: Any, template: Cluster, upto: int) -> None:
-    """Bulk-insert copies of ``template`` until the tenant has ``upto`` clusters, each with nodes and a job."""
-    have = Cluster.objects.filter(tenant=tenant).count()
-    statuses = itertools.cycle(STATUSES)
-    batch = [
-        Cluster(tenant=tenant, owner=owner, name=f"c{number:05d}", template_name=template.template_name,
-                template_version=template.template_version, provider_name=template.provider_name,
-                provider_version=template.provider_version, size=NODES, services=template.services,
-                status=next(statuses))
-        for number in range(have, upto)
-    ]  # fmt: skip
-    made = Cluster.objects.bulk_create(batch, batch_size=2000)
-    Node.objects.bulk_create(
-        (Node(cluster=cluster, number=n, hostname=f"{cluster.name}-{n}.example.com", hardware="small", image="debian",
-              services=["apache", "php"], status=Node.Status.ACTIVE, machine_id=f"m-{cluster.name}-{n}")
-         for cluster in made for n in range(1, NODES + 1)),
-        batch_size=5000,
-    )  # fmt: skip
-    Job.objects.bulk_create(
-        (Job(cluster=cluster, operation="create", status=Job.Status.COMPLETED) for cluster in made), batch_size=5000
-    )
 
 
 def measure(api: Any, page: Client, cluster: Cluster, job: Job) -> dict[str, int]:
@@ -94,7 +70,7 @@ def test_queries_per_request_do_not_grow_from_100_to_10000_clusters(tenant_a, ad
     template.delete()
     measured = {}
     for size in SIZES:
-        grow(tenant_a, admin_a, template, size)
+        grow_clusters(tenant_a, admin_a, template, size, nodes=NODES)
         cluster = Cluster.objects.filter(tenant=tenant_a, status=Cluster.Status.ACTIVE).order_by("pk").first()
         job = Job.objects.filter(cluster=cluster).get()
         measured[size] = measure(api, page, cluster, job)
