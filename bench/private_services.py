@@ -28,6 +28,9 @@ from types import TracebackType
 from typing import Self
 
 READY_TIMEOUT_S = 60.0
+SHARED_TMP = "/tmp"
+"""Where servers that run as another user keep their folders: ``$TMPDIR`` may be private (``scripts/test``
+makes its own, mode 0700), and the ``postgres`` and ``rabbitmq`` users must reach theirs."""
 
 
 class ServiceError(RuntimeError):
@@ -138,15 +141,15 @@ class PrivateRedis(_Service):
 
 class PrivateRabbitMQ(_Service):
     """A RabbitMQ node of its own (``loom<port>@localhost``); ``start(wipe=True)`` starts it on an empty
-    database, as a node replaced after a crash would. Its folders are in a folder of their own under the
-    system's temporary folder, not under ``root`` (the node runs as the ``rabbitmq`` user, which cannot reach
+    database, as a node replaced after a crash would. Its folders are in a folder of their own under
+    ``SHARED_TMP``, not under ``root`` (the node runs as the ``rabbitmq`` user, which cannot reach
     into pytest's private temporary folders); ``stop`` removes them."""
 
     name = "rabbitmq"
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        super().__init__(Path(tempfile.mkdtemp(prefix="loom-rabbitmq-")))
+        super().__init__(Path(tempfile.mkdtemp(prefix="loom-rabbitmq-", dir=SHARED_TMP)))
         self.root.chmod(0o777)
         self.log = root / "rabbitmq.log"
         self.dist_port = free_port()
@@ -201,14 +204,14 @@ class PrivateRabbitMQ(_Service):
 
 class PrivatePostgres(_Service):
     """A PostgreSQL cluster from ``initdb``, trust authentication on 127.0.0.1. As for RabbitMQ, its folders
-    are in a folder of their own under the system's temporary folder (the server runs as ``postgres`` when
+    are in a folder of their own under ``SHARED_TMP`` (the server runs as ``postgres`` when
     this runs as root); ``stop`` removes them."""
 
     name = "postgres"
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        super().__init__(Path(tempfile.mkdtemp(prefix="loom-postgres-")))
+        super().__init__(Path(tempfile.mkdtemp(prefix="loom-postgres-", dir=SHARED_TMP)))
         self.root.chmod(0o755)
         self.data = self.root / "data"
 

@@ -18,7 +18,7 @@ from providers.automators.base import ActionRequest, NodeInfo
 from providers.automators.shell import ScriptFailed, ScriptFailedTransient, ShellAutomator
 from providers.resources import LiveResource
 from providers.ssh import Session
-from tests.lab.fixtures import LabHosts, LabNode
+from tests.lab.fixtures import LabHosts, LabNode, user_home
 
 from .helpers import STARTER
 
@@ -73,9 +73,11 @@ def request(
 
 @pytest.fixture
 def session(lab: LabHosts) -> Iterator[Session]:
-    """Root on ``lab.nodes[1]``, with no ``~/.loom`` left by an earlier test."""
+    """Root on ``lab.nodes[1]``, with no ``~/.loom/shell`` left by an earlier test. Only the shell automator's
+    own folder: lab hosts share the machine's file system, so root's ``~/.loom`` is also where the Puppet,
+    Chef and Ansible tests running at the same time in another test process keep their files."""
     with lab.nodes[1].session(command_timeout=30) as session:
-        session.run('rm -rf "$HOME/.loom"')
+        session.run('rm -rf "$HOME/.loom/shell"')
         yield session
 
 
@@ -132,12 +134,11 @@ def test_a_non_root_user_runs_scripts_as_root_through_sudo(lab: LabHosts, sudo_u
         try:
             action = request(lab, [script("who.sh", who)], "who.sh")
             output = ShellAutomator().run(session, action)
-            assert "uid=0 task=/tmp/.loom/tasks/web.configure.json port=8080\n" in output
-            assert session.run("stat -c '%U %a' /tmp/.loom/tasks/web.configure.json").stdout == (
-                f"{sudo_users['sudo']} 600\n"
-            )
-        finally:
-            session.run('rm -rf "$HOME/.loom"')
+            task = user_home(sudo_users["sudo"]) / ".loom/tasks/web.configure.json"
+            assert f"uid=0 task={task} port=8080\n" in output
+            assert session.run(f"stat -c '%U %a' {task}").stdout == (f"{sudo_users['sudo']} 600\n")
+        finally:  # other sudo tests use this user's home at the same time (see ``session``): only what this made
+            session.run('rm -rf "$HOME/.loom/shell" "$HOME/.loom/tasks/web.configure.json"')
 
 
 def test_the_starter_redis_script_with_a_password(lab: LabHosts, session: Session) -> None:

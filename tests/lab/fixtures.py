@@ -18,6 +18,7 @@ message saying what is missing, because a suite that skips its real-host tests p
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -180,9 +181,16 @@ def lab() -> Iterator[LabHosts]:
         assert not left, f"lab hosts left after teardown: {left}"
 
 
+def user_home(name: str) -> Path:
+    """A sudo test user's own home. Not /tmp (as it once was): the two users then shared ``~/.loom``, and a
+    command run through sudo left root-owned folders there that the other user could neither use nor remove."""
+    return Path("/home") / name
+
+
 def _ensure_user(name: str) -> None:
+    home = user_home(name)
     result = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--home-dir", "/tmp", "--shell", "/bin/sh", name],
+        ["useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
         capture_output=True,
         text=True,
         check=False,
@@ -190,7 +198,9 @@ def _ensure_user(name: str) -> None:
     if result.returncode not in (0, 9):  # 9: the user exists already (an earlier run, another worker)
         pytest.fail(f"useradd {name} failed: {result.stderr.strip()}")
     # '*' = no password, yet not "locked" ('!'): sshd without PAM refuses even key logins to locked accounts.
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    subprocess.run(["usermod", "-p", "*", "-d", str(home), name], check=True, capture_output=True)
+    home.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(home, name, name)
 
 
 @pytest.fixture(scope="session")
