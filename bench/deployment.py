@@ -106,9 +106,10 @@ class PrivateDeployment:
         """Run Python in ``manage.py shell`` against the deployment's database; returns what it printed."""
         return self._run(sys.executable, "manage.py", "shell", "-c", code)
 
-    def start(self, role: str) -> subprocess.Popen[bytes]:
+    def start(self, role: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start ``loom-serve <role>`` (again, after a kill), with ``env`` added to its environment."""
         with (self.root / f"{role}.log").open("ab") as log:
-            process = subprocess.Popen([str(LOOM_SERVE), role], cwd=ROOT, env=self.environment(), stdout=log,
+            process = subprocess.Popen([str(LOOM_SERVE), role], cwd=ROOT, env={**self.environment(), **env}, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.processes[role] = process
         return process

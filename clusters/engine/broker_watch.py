@@ -37,8 +37,8 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from kombu import Exchange, Queue
 
-from clusters.engine.core import OnReady, Ready, tenant_dispatch
-from clusters.models import Job, Task
+from clusters.engine.core import OnReady, Ready, task_finish, tenant_dispatch
+from clusters.models import Job, Task, TaskAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +77,31 @@ def broker_recover(*, on_ready: OnReady, now: datetime | None = None) -> list[in
     if marker_check():
         return []
     placed_at = now or timezone.now()
-    lost = Task.objects.filter(
+    pks = _send_again(_sent_not_claimed().filter(dispatched_at__lt=placed_at), now=placed_at, on_ready=on_ready)
+    if pks:
+        logger.warning("broker lost its messages: tasks sent again", extra={"tasks": len(pks)})
+    else:
+        logger.info("broker marker placed", extra={"marker": MARKER_NAME})
+    return pks
+
+
+def _sent_not_claimed() -> Any:
+    """Queued tasks of running jobs that were sent to the broker (and not claimed since)."""
+    return Task.objects.filter(
         Exists(Job.objects.filter(pk=OuterRef("job_id"), status=Job.Status.RUNNING)),
         status=Task.Status.QUEUED,
-        dispatched_at__lt=placed_at,
+        dispatched_at__isnull=False,
     )
-    rows = list(lost.order_by("pk").values_list("pk", "not_before"))
-    if not rows:
-        logger.info("broker marker placed", extra={"marker": MARKER_NAME})
-        return []
+
+
+def _send_again(tasks: Any, *, now: datetime, on_ready: OnReady) -> list[int]:
+    """Send ``tasks`` again, each with what is left of its backoff; returns their pks."""
+    rows = list(tasks.order_by("pk").values_list("pk", "not_before"))
     pks = [pk for pk, _ in rows]
-    # Conditional on the same facts, so a task claimed since the SELECT is not sent again.
-    lost.filter(pk__in=pks).update(dispatched_at=placed_at)
-    logger.warning("broker lost its messages: tasks sent again", extra={"tasks": len(pks)})
-    on_ready([Ready(pk, _countdown(not_before, placed_at)) for pk, not_before in rows])
+    if pks:
+        # Conditional on the same facts, so a task claimed since the SELECT is not sent again.
+        tasks.filter(pk__in=pks).update(dispatched_at=now)
+        on_ready([Ready(pk, countdown_until(not_before, now)) for pk, not_before in rows])
     return pks
 
 
@@ -125,7 +136,8 @@ def hand_back(task_pks: Sequence[int], error: Exception) -> None:
     )
 
 
-def _countdown(not_before: datetime | None, now: datetime) -> float:
+def countdown_until(not_before: datetime | None, now: datetime) -> float:
+    """Seconds from ``now`` until a task's backoff ends (0 when it has none or it is over)."""
     return 0.0 if not_before is None else max(0.0, (not_before - now).total_seconds())
 
 
@@ -163,3 +175,34 @@ def reconnect_step(on_ready: OnReady) -> type[bootsteps.StartStopStep]:
                 ).start()
 
     return BrokerReconnected
+
+
+def worker_restarted(*, hostname: str, on_ready: OnReady, filesystem_broker: bool) -> tuple[list[int], list[int]]:
+    """What a worker named ``hostname`` does when it starts; returns the pks it took back (running) and sent
+    again (queued).
+
+    What a worker of the same name was running when it died cannot still be running (Celery worker names are
+    unique among live workers; ``deploy/loom-serve`` and the systemd units give each its own), so it is taken
+    back now, as the janitor would after ``LOOM_HEARTBEAT_TIMEOUT``. On the embedded mode's filesystem broker
+    a message is gone once a worker has taken it, and the one worker there took them all: every task sent and
+    not claimed is sent again (a duplicate is harmless, the claim decides)."""
+    lost: list[int] = []
+    redispatched: list[int] = []  # the filesystem broker's, below
+    # Queued tasks first: a running task taken back is queued and sent again by its own finish.
+    if filesystem_broker:
+        redispatched = _send_again(_sent_not_claimed(), now=timezone.now(), on_ready=on_ready)
+    running = Task.objects.filter(status=Task.Status.RUNNING, worker__startswith=f"{hostname}/")
+    for task_pk, worker in running.values_list("pk", "worker"):
+        attempt = TaskAttempt.objects.filter(task_id=task_pk, finished_at__isnull=True).order_by("-number").first()
+        if attempt is None:
+            continue
+        log = f"worker {worker} was restarted while running this task\n"
+        task_finish(attempt=attempt, outcome=TaskAttempt.Outcome.LOST, error_class="WorkerLost", retryable=True,
+                    log=log, on_ready=on_ready)  # fmt: skip
+        lost.append(task_pk)
+    if lost or redispatched:
+        logger.warning(
+            "worker restarted: took back its tasks",
+            extra={"worker": hostname, "lost": lost, "redispatched": redispatched},
+        )
+    return lost, redispatched

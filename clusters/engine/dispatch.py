@@ -11,20 +11,39 @@ worker's idle threads without the broker (``local_dispatch``).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from celery import shared_task
 from celery.signals import worker_init, worker_ready, worker_shutting_down
 from django.conf import settings
+from django.db import connection
 from kombu.exceptions import OperationalError
 
-from clusters.engine.broker_watch import hand_back, reconnect_step
+from clusters.engine.broker_watch import hand_back, reconnect_step, worker_restarted
 from clusters.engine.core import Claimed, Ready
 from clusters.engine.local_dispatch import attach_to_worker, detach_from_worker, local
 from clusters.engine.runner import task_run
 
+logger = logging.getLogger(__name__)
+
 worker_ready.connect(attach_to_worker, dispatch_uid="clusters.engine.local_dispatch.attach")
 worker_shutting_down.connect(detach_from_worker, dispatch_uid="clusters.engine.local_dispatch.detach")
+
+
+@worker_ready.connect(dispatch_uid="clusters.engine.broker_watch.worker_restarted")
+def _take_back_after_restart(sender: object = None, **kwargs: object) -> None:
+    """A worker that starts takes back what its previous life left (``broker_watch.worker_restarted``)."""
+    hostname = str(getattr(sender, "hostname", "") or "")
+    if not hostname:
+        return
+    broker_url = str(getattr(getattr(sender, "app", None), "conf", {}).get("broker_url") or "")
+    try:
+        worker_restarted(hostname=hostname, on_ready=enqueue, filesystem_broker=broker_url.startswith("filesystem"))
+    except Exception:  # the janitor takes the same tasks back later; a worker must start regardless
+        logger.exception("taking back a restarted worker's tasks failed")
+    finally:
+        connection.close()
 
 
 @worker_init.connect(dispatch_uid="clusters.engine.broker_watch.reconnect")

@@ -19,6 +19,8 @@ message left behind, so no job waits forever (architecture.md §3, "Timeouts and
 
 Everything goes through the engine's own finish and dispatch functions, so the janitor adds no new way for
 a task to change state.
+
+A worker that starts does part of this at once for itself (``broker_watch.worker_restarted``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 from django.db.models import Q
 from django.utils import timezone
 
+from clusters.engine.broker_watch import worker_restarted
 from clusters.engine.core import (
     Ready,
     job_abort,
@@ -418,3 +419,26 @@ def test_a_job_with_nothing_to_run_completes_at_start_with_its_events(transactio
     refresh(empty, cluster)
     assert empty.status == "completed" and cluster.status == "active"
     assert [(d.event, d.job_id) for d in received] == [(JobEvent.STARTED, empty.pk), (JobEvent.SUCCEEDED, empty.pk)]
+
+
+@pytest.mark.parametrize("filesystem_broker", [False, True])
+def test_a_restarted_worker_takes_back_what_its_previous_life_left(
+    transactional_db, tenant_a, admin_a, catalog_a, filesystem_broker
+):
+    set_budget(tenant_a, 0)
+    _, _, job = lamp_job(tenant_a, admin_a, size=3)
+    ready = job_start(job=job, on_ready=lambda _: None)
+    mine = task_claim(task_pk=ready[0].task_pk, worker="loom@host/ThreadPoolExecutor-0_1")
+    theirs = task_claim(task_pk=ready[1].task_pk, worker="loom@host2/ThreadPoolExecutor-0_1")  # another worker
+    unclaimed = {r.task_pk for r in ready[2:]}
+    resent: list[Ready] = []
+    lost, redispatched = worker_restarted(hostname="loom@host", on_ready=resent.extend,
+                                          filesystem_broker=filesystem_broker)  # fmt: skip
+    assert lost == [mine.task_id], "only the tasks of the worker of that very name, not of loom@host2"
+    mine.refresh_from_db()
+    assert mine.outcome == "lost" and "was restarted" in mine.log
+    assert Task.objects.get(pk=theirs.task_id).status == Task.Status.RUNNING
+    # Queued and sent: gone with the filesystem broker's messages, so sent again there; elsewhere the broker
+    # still holds them (a Redis or RabbitMQ message survives a worker's restart).
+    expected = unclaimed if filesystem_broker else set()
+    assert set(redispatched) == expected and {r.task_pk for r in resent} >= expected

@@ -85,7 +85,9 @@ def test_a_worker_and_beat_killed_mid_delete_leave_nothing_stuck_once_beat_is_ba
     wait_job(deployment, job, until=lambda body: body["progress"]["tasks"].get("running", 0) > 0, timeout=60)
     deployment.kill("beat")
     deployment.kill("worker")
-    deployment.start("worker")
+    # A replacement under another name (a worker restarted under its own name takes its tasks back itself,
+    # clusters.engine.broker_watch.worker_restarted; tests/deploy/test_embedded_restart.py).
+    deployment.start("worker", LOOM_WORKER_NAME="replacement@%h")
     time.sleep(8)  # well past LOOM_HEARTBEAT_TIMEOUT: only the janitor, on beat, could take the task back
     status, stuck = deployment.api("GET", f"/api/v2/jobs/{job}")
     assert status == 200 and stuck["status"] == "running", stuck
