@@ -15,7 +15,8 @@ from loom_site.urls import handler500 as site_handler500
 from loom_site.urls import urlpatterns as site_patterns
 
 FAILURES = {"operational": OperationalError("server closed the connection unexpectedly"),
-            "interface": InterfaceError("connection already closed"), "bug": ZeroDivisionError("a bug")}  # fmt: skip
+            "interface": InterfaceError("connection already closed"), "bug": ZeroDivisionError("a bug"),
+            "full": OperationalError("database or disk is full")}  # fmt: skip
 
 
 def failing(request: HttpRequest, kind: str) -> None:
@@ -57,3 +58,9 @@ def test_any_other_failure_stays_a_500(client):
     response = client.get("/api/v2/failing/bug")
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "server_error"
+
+
+def test_a_full_disk_says_so(client):
+    response = client.get("/api/v2/failing/full")
+    assert response.status_code == 503
+    assert response.json()["error"]["message"].startswith("the server's disk is full")
