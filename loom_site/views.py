@@ -9,6 +9,7 @@ the error was raised (a view, or a middleware reading the session), so the cause
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from django.db import InterfaceError, OperationalError
@@ -17,8 +18,10 @@ from django.views.defaults import page_not_found, server_error
 
 RETRY_AFTER_SECONDS = 5
 UNAVAILABLE = "the database is unavailable for a moment; try again in a few seconds"
-DISK_FULL = "the server's disk is full: nothing of this request was saved; try again once space is freed"
-_DISK_FULL_MARKS = ("disk is full", "no space left on device", "could not extend file")
+DISK_FULL = "the server's disk is full or failing: nothing of this request was saved; try again once space is freed"
+# SQLite says "database or disk is full", or "disk I/O error" when its WAL index cannot grow; PostgreSQL
+# "could not extend file" or "No space left on device".
+_DISK_FULL_MARKS = ("disk is full", "no space left on device", "could not extend file", "disk i/o error")
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
@@ -30,6 +33,8 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 def server_failure(request: HttpRequest) -> HttpResponse:
     error = sys.exc_info()[1]
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):  # a file cache, a log, a file
+        return unavailable(request, message=DISK_FULL)
     if isinstance(error, OperationalError | InterfaceError):
         disk_full = any(mark in str(error).lower() for mark in _DISK_FULL_MARKS)
         return unavailable(request, message=DISK_FULL if disk_full else UNAVAILABLE)

@@ -16,7 +16,8 @@ from loom_site.urls import urlpatterns as site_patterns
 
 FAILURES = {"operational": OperationalError("server closed the connection unexpectedly"),
             "interface": InterfaceError("connection already closed"), "bug": ZeroDivisionError("a bug"),
-            "full": OperationalError("database or disk is full")}  # fmt: skip
+            "full": OperationalError("database or disk is full"),
+            "enospc": OSError(28, "No space left on device")}  # fmt: skip
 
 
 def failing(request: HttpRequest, kind: str) -> None:
@@ -60,7 +61,8 @@ def test_any_other_failure_stays_a_500(client):
     assert response.json()["error"]["code"] == "server_error"
 
 
-def test_a_full_disk_says_so(client):
-    response = client.get("/api/v2/failing/full")
+@pytest.mark.parametrize("kind", ["full", "enospc"])
+def test_a_full_disk_says_so(client, kind):
+    response = client.get(f"/api/v2/failing/{kind}")
     assert response.status_code == 503
     assert response.json()["error"]["message"].startswith("the server's disk is full")
