@@ -82,6 +82,9 @@ class Cluster(TenantModel):
         ]
         indexes = [
             models.Index(fields=["tenant", "status"], name="cluster_tenant_status"),
+            # The lists' order within a tenant: the newest page is read off the index instead of sorting every
+            # cluster of the tenant (72 → 3 ms at 10,000 clusters, bench/load.py, tests/api/test_query_budget.py).
+            models.Index(fields=["tenant", "-created_at", "-id"], name="cluster_tenant_recent"),
             models.Index(fields=["tenant", "template_name"], name="cluster_tenant_template"),
             models.Index(fields=["expires_at"], condition=Q(expires_at__isnull=False), name="cluster_expiry"),
         ]
