@@ -8,6 +8,7 @@ comes in through the serializer context, keyed by primary key.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -181,10 +182,15 @@ class JobSerializer(serializers.ModelSerializer):
                   "finished_at", "max_attempts", "task_timeout_seconds", "progress", "tasks_url"]  # fmt: skip
         read_only_fields = fields
 
+    @cached_property
+    def _progress(self) -> JobProgressSerializer:
+        """One nested serializer for every row (see ``ClusterSerializer._latest_job``)."""
+        return JobProgressSerializer()
+
     @extend_schema_field(JobProgressSerializer)
     def get_progress(self, job: Job) -> dict[str, Any]:
         progress: JobProgress = self.context.get("progress", {}).get(job.pk) or JobProgress()
-        return JobProgressSerializer(progress).data
+        return self._progress.to_representation(progress)
 
 
 class WaitingSerializer(serializers.Serializer):
@@ -234,10 +240,17 @@ class ClusterSerializer(serializers.ModelSerializer):
     def get_provider(self, cluster: Cluster) -> dict[str, Any]:
         return {"name": cluster.provider_name, "version": cluster.provider_version.version}
 
+    @cached_property
+    def _latest_job(self) -> JobSerializer:
+        """One nested serializer for every row of a list: DRF builds a serializer's fields the first time it
+        is asked for them, and a new one per cluster cost ~1 ms a row, most of a 50-cluster page's time
+        (bench/load.py)."""
+        return JobSerializer(context=self.context)
+
     @extend_schema_field(JobSerializer(allow_null=True))
     def get_latest_job(self, cluster: Cluster) -> dict[str, Any] | None:
         job = self.context.get("latest_jobs", {}).get(cluster.pk)
-        return None if job is None else JobSerializer(job, context=self.context).data
+        return None if job is None else self._latest_job.to_representation(job)
 
 
 class LeaseSerializer(serializers.Serializer):
