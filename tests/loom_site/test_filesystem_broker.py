@@ -30,13 +30,17 @@ def test_a_damaged_message_file_is_skipped_and_the_next_one_delivered(broker, tm
     with broker.Producer() as producer:
         producer.publish({"n": 1}, routing_key="work", declare=[queue])
     folder = tmp_path / "queue"
-    # What a writer killed mid-write leaves, sorted before the good message (names start with a time).
-    (folder / "1_truncated.work.msg").write_text('{"body": "eyJu')
-    (folder / "2_empty.work.msg").write_text("")
+    # What a writer killed mid-write leaves. The folder is read in lexical order and a real name starts with
+    # the monotonic clock in milliseconds, never with "0", so these sort before the good message on any machine
+    # ("1_..." did not: "12..." sorts before "1_..." once the clock's first digit is 1).
+    (folder / "0_truncated.work.msg").write_text('{"body": "eyJu')
+    (folder / "0_x_empty.work.msg").write_text("")
     with broker.SimpleQueue(queue) as simple:
         message = simple.get(timeout=2)
         assert message.payload == {"n": 1}
         message.ack()
+        with pytest.raises(simple.Empty):
+            simple.get(timeout=0.2)
     assert sorted(path.name for path in folder.iterdir()) == []
 
 
