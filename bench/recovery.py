@@ -20,6 +20,9 @@ so that tasks wait in the broker when the fault hits. Each fault is on a private
   50 ms. Printed: how many of those requests got the 503 (and that none got anything else but 200), the
   seconds from the restart to the job's end, and that no process had to be restarted.
 
+* **worker killed**: ``kill -9`` of the worker while it runs a 5-node create, started again under its own
+  name, then (a second create) replaced by a worker of another name: seconds from the kill to the job's end.
+
 Printed per broker fault: *lost*, the tasks whose messages the broker held at the kill (queued, sent, not claimed);
 *moving again*, from the broker accepting connections again to the first of those tasks claimed (the figure
 the broker marker is for: without it they would wait ``LOOM_REDISPATCH_SECONDS``, 300 s); *all lost claimed*,
@@ -268,6 +271,39 @@ def database_restart(deployment: Any, mode: str) -> DatabaseOutcome:
     )
 
 
+@dataclass
+class WorkerOutcome:
+    how: str
+    done_s: float
+    job_status: str
+    one_machine_per_node: bool
+
+
+def worker_killed(deployment: Any, *, same_name: bool) -> WorkerOutcome:
+    """A 5-node create whose worker is killed (``kill -9``) while it runs tasks and started again, under its
+    own name (it takes its tasks back at once) or as a replacement under another (the janitor takes them back
+    after ``LOOM_HEARTBEAT_TIMEOUT``); returns the seconds from the kill to the job's end."""
+    name = "same" if same_name else "replaced"
+    status, answer = deployment.api(
+        "POST", "/api/v2/clusters", {"name": f"w-{name}", "clusterTemplate": "demo-web", "numMachines": 5}
+    )
+    if status != 202:
+        raise HarnessError(f"create answered {status}: {answer}")
+    job, cluster = answer["job"]["id"], answer["cluster"]["id"]
+    wait_job(deployment, job, until=lambda body: body["progress"]["tasks"].get("running", 0) > 0)
+    started = time.monotonic()
+    deployment.kill("worker")
+    deployment.start("worker", **({} if same_name else {"LOOM_WORKER_NAME": f"replacement-{cluster}@%h"}))
+    ended = wait_job(deployment, job, until=lambda body: body["status"] in ("completed", "failed", "aborted"))
+    nodes, single, _ = machines_of(deployment, cluster)
+    return WorkerOutcome(
+        how="started again under its name" if same_name else "replaced by a worker of another name",
+        done_s=time.monotonic() - started,
+        job_status=ended["status"],
+        one_machine_per_node=nodes == single == 5,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/recovery.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 3 s outage, to check that it works")
@@ -302,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with PrivateDeployment(work / "deployment", env={"LOOM_RETRY_BACKOFF_SECONDS": "0.5"}) as deployment:
             restarts = [database_restart(deployment, mode) for mode in ("fast", "immediate")]
+            kills = [worker_killed(deployment, same_name=same) for same in (True, False)]
     except HarnessError as error:
         print(f"bench/recovery.py: {error}", file=sys.stderr)
         return 1
@@ -344,9 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     for restart in restarts:
         for error in restart.other_errors[:5]:
             print(f"  -m {restart.mode}: {error}")
-    healthy = all(o.one_machine_per_node for o in outcomes) and all(
-        r.one_machine_per_node and r.processes_alive and not r.other_errors and r.job_status == "completed"
-        for r in restarts
+    print()
+    print("worker killed (kill -9) while it runs a 5-node create, LOOM_HEARTBEAT_TIMEOUT 60 s, janitor every 15 s")
+    rows = [["worker", "job", "done after the kill", "one machine per node"]]
+    rows += [[k.how, k.job_status, f"{k.done_s:.1f} s", "yes" if k.one_machine_per_node else "NO"] for k in kills]
+    print_table(rows)
+    healthy = all(k.one_machine_per_node and k.job_status == "completed" for k in kills)
+    healthy = (
+        healthy
+        and all(o.one_machine_per_node for o in outcomes)
+        and all(
+            r.one_machine_per_node and r.processes_alive and not r.other_errors and r.job_status == "completed"
+            for r in restarts
+        )
     )
     return 0 if healthy else 1
 
