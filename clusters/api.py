@@ -12,7 +12,7 @@
 - ``POST /clusters/preview``: what a create would do, nothing created.
 - Day-2 operations (``clusters.services.day2``), each ``?preview=true`` for what it would do (200) and 202 +
   job otherwise: ``POST /clusters/{id}/config``, ``/services/start|stop|restart``, ``/services`` (add),
-  ``/services/remove``, ``/scale-out``, ``/scale-in``, ``/sync``.
+  ``/services/remove``, ``/scale-out``, ``/scale-in``, ``/sync``, ``/repair``; ``GET /health``.
 
 Users see and act on their own clusters and those shared with them (guardian grants), tenant admins on all
 of the tenant's; another tenant's cluster, job or task is a 404. Every list costs a constant number of
@@ -43,10 +43,11 @@ from rest_framework.views import APIView
 from clusters.features.leases import cluster_lease
 from clusters.models import Cluster, IdempotencyRecord, Job, Task, TaskAttempt
 from clusters.planning.planner import Action
-from clusters.selectors import cluster_get, clusters_for, job_progress, latest_jobs
+from clusters.selectors import cluster_get, cluster_health, clusters_for, job_progress, latest_jobs
 from clusters.serializers import (
     ClusterCreateInputSerializer,
     ClusterDetailSerializer,
+    ClusterHealthSerializer,
     ClusterOperationSerializer,
     ClusterPreviewInputSerializer,
     ClusterSerializer,
@@ -55,6 +56,7 @@ from clusters.serializers import (
     LeaseExtendInputSerializer,
     NodeSerializer,
     ReconfigureInputSerializer,
+    RepairInputSerializer,
     ScaleInInputSerializer,
     ScaleOutInputSerializer,
     ServicesChangeInputSerializer,
@@ -66,6 +68,7 @@ from clusters.serializers import (
 from clusters.services.day2 import (
     Day2Outcome,
     cluster_reconfigure,
+    cluster_repair,
     cluster_scale_in,
     cluster_scale_out,
     cluster_services_add,
@@ -417,6 +420,20 @@ class ClusterViewSet(OperationMixin, TenantScopedMixin, viewsets.GenericViewSet)
         """Move to the template's latest version: 400 when the cluster breaks its constraints; config defaults
         the cluster still has are updated by a reconfigure (200 with ``job`` null when only the pin moves)."""
         return self._day2(SyncInputSerializer, cluster_sync)
+
+    @extend_schema(request=RepairInputSerializer, responses=DAY2_RESPONSES, parameters=DAY2_PARAMETERS)
+    @action(detail=True, methods=["post"], url_path="repair")
+    def repair(self, request: Request, pk: str) -> Response:
+        """Replace the nodes whose machine is missing or unreachable by new ones in the same role (the peers
+        are reconfigured), and restart in place the failed services of degraded nodes; 400 when nothing needs
+        a repair."""
+        return self._day2(RepairInputSerializer, cluster_repair)
+
+    @extend_schema(responses=ClusterHealthSerializer)
+    @action(detail=True, methods=["get"], url_path="health", filter_backends=[], filterset_class=None)
+    def health(self, request: Request, pk: str) -> Response:
+        """The cluster's health, its nodes that are not healthy (worst first) and its latest health changes."""
+        return Response(ClusterHealthSerializer(cluster_health(cluster=self.get_object())).data)
 
     @extend_schema(request=LeaseExtendInputSerializer, responses=ClusterDetailSerializer)
     @action(detail=True, methods=["post"], url_path="lease")

@@ -30,6 +30,22 @@ def new_node_key() -> str:
     return uuid.uuid4().hex
 
 
+class Health(models.TextChoices):
+    """What the last health sweep found (``clusters/features/health.py``); a cluster's is the worst of its nodes'.
+
+    Ordered from best to worst in ``HEALTH_SEVERITY``: a node whose machine is gone is worse than one that does
+    not answer, which is worse than one that answers with a failing service check."""
+
+    HEALTHY = "healthy", "Healthy"
+    UNKNOWN = "unknown", "Unknown"
+    DEGRADED = "degraded", "Degraded"
+    UNREACHABLE = "unreachable", "Unreachable"
+    MISSING = "missing", "Missing"
+
+
+HEALTH_SEVERITY = {state: rank for rank, state in enumerate(Health.values)}
+
+
 class Cluster(TenantModel):
     """A cluster, pinned to the exact template and provider versions it was created from.
 
@@ -69,6 +85,12 @@ class Cluster(TenantModel):
     lease_warned_at = models.DateTimeField(
         null=True, blank=True, help_text="When the lease warning for the current expiry was sent."
     )
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
+    health_message = models.TextField(blank=True, default="", help_text="Why the cluster is not healthy, in words.")
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    health_due_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the next health sweep checks this cluster (empty: at the next one)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -87,6 +109,10 @@ class Cluster(TenantModel):
             models.Index(fields=["tenant", "-created_at", "-id"], name="cluster_tenant_recent"),
             models.Index(fields=["tenant", "template_name"], name="cluster_tenant_template"),
             models.Index(fields=["expires_at"], condition=Q(expires_at__isnull=False), name="cluster_expiry"),
+            # The health sweep: live clusters whose next check is due.
+            models.Index(
+                fields=["health_due_at"], condition=Q(status__in=["active", "inconsistent"]), name="cluster_health_due"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -118,6 +144,15 @@ class Node(models.Model):
     credentials_ref = models.CharField(max_length=255, blank=True, default="", help_text="A secret reference.")
     host_key = models.TextField(blank=True, default="", help_text="SSH host key pinned at first contact.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
+    health_message = models.TextField(
+        blank=True, default="", help_text="What the failing check said (its output, redacted), or why it is unknown."
+    )
+    health_failing = models.JSONField(default=list, blank=True, help_text="Services whose check failed last.")
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    health_failures = models.PositiveIntegerField(
+        default=0, help_text="Sweeps in a row that found the node unhealthy (the auto-repair policy counts them)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -126,6 +161,24 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.hostname or f"node {self.number}"
+
+
+class HealthEvent(models.Model):
+    """One change of a node's or a cluster's health (``node`` empty: the cluster's), kept as its history."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="health_events")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, null=True, blank=True, related_name="health_events")
+    previous = models.CharField(max_length=16, choices=Health.choices)
+    state = models.CharField(max_length=16, choices=Health.choices)
+    message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["cluster", "-created_at"], name="healthevent_cluster_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.node or self.cluster}: {self.previous} -> {self.state}"
 
 
 class Job(models.Model):

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Max, Min, OuterRef, QuerySet, Subquery
+from django.db.models import Case, Count, IntegerField, Max, Min, OuterRef, QuerySet, Subquery, Value, When
 
 from clusters.engine import core as engine
-from clusters.models import Cluster, Job, Task
+from clusters.models import HEALTH_SEVERITY, Cluster, Health, HealthEvent, Job, Node, Task
 from clusters.planning.planner import Action
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import Tenant
@@ -113,3 +113,19 @@ def latest_jobs(cluster_pks: list[int]) -> dict[int, Job]:
     latest = Job.objects.filter(cluster_id=OuterRef("cluster_id")).order_by("-pk").values("pk")[:1]
     jobs = Job.objects.filter(cluster_id__in=cluster_pks, pk=Subquery(latest)).select_related("requested_by")
     return {job.cluster_id: job for job in jobs}
+
+
+HEALTH_HISTORY_LIMIT = 100
+
+
+def cluster_health(*, cluster: Cluster) -> dict[str, Any]:
+    """The cluster's health, its nodes that are not healthy (worst first, then by number) and its latest
+    health changes (``HEALTH_HISTORY_LIMIT``, newest first). The caller has checked the user may view it."""
+    order = Case(
+        *(When(health=state, then=Value(-rank)) for state, rank in HEALTH_SEVERITY.items()), output_field=IntegerField()
+    )
+    unhealthy = (
+        Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).exclude(health=Health.HEALTHY)
+    )
+    history = HealthEvent.objects.filter(cluster_id=cluster.pk).select_related("node")[:HEALTH_HISTORY_LIMIT]
+    return {"cluster": cluster, "nodes": list(unhealthy.order_by(order, "number")), "history": list(history)}

@@ -17,7 +17,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from clusters.features.leases import Lease
-from clusters.models import Cluster, Job, Node, Task, TaskAttempt
+from clusters.models import Cluster, Health, HealthEvent, Job, Node, Task, TaskAttempt
 from clusters.selectors import JobProgress
 from clusters.services.preview import PreviewRequest
 from tenants.models import NAME_PATTERN
@@ -145,6 +145,17 @@ class ScaleInInputSerializer(serializers.Serializer):
         return attrs
 
 
+class RepairInputSerializer(serializers.Serializer):
+    nodes = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        max_length=10_000,
+        min_length=1,
+        required=False,
+        help_text="Node numbers or hostnames to repair (default: every degraded, unreachable or missing node); a "
+        "named node that is not degraded is replaced whatever its health.",
+    )
+
+
 class SyncInputSerializer(serializers.Serializer):
     restart = serializers.BooleanField(default=False, help_text="Restart services around a config change.")
 
@@ -217,6 +228,30 @@ VERSIONED_NAME = inline_serializer(
 )
 
 
+class HealthSerializer(serializers.Serializer):
+    """What the last health sweep found (``clusters/features/health.py``)."""
+
+    state = serializers.ChoiceField(source="health", choices=Health.choices)
+    message = serializers.CharField(source="health_message", help_text="Why it is not healthy, in words.")
+    checked_at = serializers.DateTimeField(source="health_checked_at", allow_null=True)
+
+
+class NodeHealthSerializer(HealthSerializer):
+    failing = serializers.ListField(source="health_failing", child=serializers.CharField(),
+                                    help_text="Services whose check failed.")  # fmt: skip
+    failures = serializers.IntegerField(source="health_failures", help_text="Unhealthy sweeps in a row.")
+
+
+class HealthEventSerializer(serializers.ModelSerializer):
+    node = serializers.IntegerField(source="node.number", allow_null=True, default=None,
+                                    help_text="The node's number; null for the cluster's own health.")  # fmt: skip
+
+    class Meta:
+        model = HealthEvent
+        fields = ["node", "previous", "state", "message", "created_at"]
+        read_only_fields = fields
+
+
 class ClusterSerializer(serializers.ModelSerializer):
     """A cluster as lists show it: its latest job (``context["latest_jobs"]``: cluster pk → Job) with progress."""
 
@@ -225,11 +260,12 @@ class ClusterSerializer(serializers.ModelSerializer):
     template = serializers.SerializerMethodField()
     provider = serializers.SerializerMethodField()
     latest_job = serializers.SerializerMethodField()
+    health = HealthSerializer(source="*", read_only=True)
 
     class Meta:
         model = Cluster
-        fields = ["id", "url", "name", "description", "owner", "status", "status_message", "template", "provider",
-                  "size", "services", "created_at", "expires_at", "latest_job"]  # fmt: skip
+        fields = ["id", "url", "name", "description", "owner", "status", "status_message", "health", "template",
+                  "provider", "size", "services", "created_at", "expires_at", "latest_job"]  # fmt: skip
         read_only_fields = fields
 
     @extend_schema_field(VERSIONED_NAME)
@@ -272,11 +308,12 @@ class NodeSerializer(serializers.ModelSerializer):
     ipaddresses = serializers.DictField(source="ip_addresses", child=serializers.CharField())
     sshuser = serializers.CharField(source="ssh_user")
     services = serializers.ListField(child=serializers.CharField())
+    health = NodeHealthSerializer(source="*", read_only=True)
 
     class Meta:
         model = Node
-        fields = ["id", "number", "hostname", "status", "hardwaretype", "imagetype", "flavor", "image", "sshuser",
-                  "ipaddresses", "services", "machine_id", "created_at"]  # fmt: skip
+        fields = ["id", "number", "hostname", "status", "health", "hardwaretype", "imagetype", "flavor", "image",
+                  "sshuser", "ipaddresses", "services", "machine_id", "created_at"]  # fmt: skip
         read_only_fields = fields
 
 
@@ -307,6 +344,12 @@ class ClusterDetailSerializer(ClusterSerializer):
     @extend_schema_field(OpenApiTypes.INT)
     def get_node_count(self, cluster: Cluster) -> int:
         return self.context.get("node_count", 0)
+
+
+class ClusterHealthSerializer(serializers.Serializer):
+    health = HealthSerializer(source="cluster")
+    nodes = NodeSerializer(many=True, help_text="The nodes that are not healthy, worst first.")
+    history = HealthEventSerializer(many=True, help_text="The latest changes, newest first.")
 
 
 class ClusterOperationSerializer(serializers.Serializer):

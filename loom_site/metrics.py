@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from rest_framework import exceptions
 
-from clusters.models import Cluster, Job, Task, TaskAttempt
+from clusters.models import Cluster, Health, Job, Node, Task, TaskAttempt
 from clusters.planning.planner import Action
 from tenants.authentication import ApiTokenAuthentication
 
@@ -38,7 +38,7 @@ DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
 """Upper bounds (seconds) of the task duration histogram: fake and noop actions take under a second, cloud
 creates and package installs minutes, the default task timeout is 30 minutes."""
 
-SCRAPE_QUERIES = 7
+SCRAPE_QUERIES = 8
 """Queries ``collect`` runs (asserted by the tests), one per ``_collect_*`` function."""
 
 
@@ -63,6 +63,26 @@ def _collect_clusters() -> Family:
     rows = Cluster.objects.order_by().values("tenant__name", "status").annotate(n=Count("pk"))
     for row in rows:
         family.add({"tenant": row["tenant__name"], "status": row["status"]}, row["n"])
+    return family
+
+
+def _collect_health() -> Family:
+    """Live nodes by tenant and health: a state with no node is exported as 0, so an alert on
+    ``loom_node_health{state="missing"} > 0`` sees it go back to 0."""
+    family = Family("loom_node_health", "gauge", "Live nodes by tenant and health (clusters/features/health.py).")
+    rows = (
+        Node.objects.filter(status=Node.Status.ACTIVE)
+        .exclude(cluster__status=Cluster.Status.TERMINATED)
+        .order_by()
+        .values("cluster__tenant__name", "health")
+        .annotate(n=Count("pk"))
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row["cluster__tenant__name"], dict.fromkeys(Health.values, 0))[row["health"]] = row["n"]
+    for tenant, states in sorted(counts.items()):
+        for state, count in states.items():
+            family.add({"tenant": tenant, "state": state}, count)
     return family
 
 
@@ -190,6 +210,7 @@ def collect(now: datetime | None = None) -> list[Family]:
     now = now or timezone.now()
     return [
         _collect_clusters(),
+        _collect_health(),
         _collect_jobs(),
         *_collect_tasks(),
         *_collect_attempts(),

@@ -321,7 +321,18 @@ if LOOM_WEBHOOK_MAX_ATTEMPTS < 1:
 # an expiry the lease warning event is sent.
 LOOM_LEASE_JANITOR_SECONDS = env.float("LOOM_LEASE_JANITOR_SECONDS", default=60.0)
 LOOM_LEASE_WARNING_SECONDS = env.int("LOOM_LEASE_WARNING_SECONDS", default=86400)
+# Health (clusters/features/health.py): how often beat sweeps, the default interval between two checks of a
+# cluster and the default time one node's checks may take (a template's administration.healthcheck overrides
+# both), how many clusters one sweep takes, checks per sweep for a tenant without a worker budget, and the
+# threads one cluster's check uses for its nodes.
+LOOM_HEALTH_SWEEP_SECONDS = env.float("LOOM_HEALTH_SWEEP_SECONDS", default=30.0)
+LOOM_HEALTH_INTERVAL_SECONDS = env.float("LOOM_HEALTH_INTERVAL_SECONDS", default=300.0)
+LOOM_HEALTH_TIMEOUT_SECONDS = env.float("LOOM_HEALTH_TIMEOUT_SECONDS", default=30.0)
+LOOM_HEALTH_SWEEP_BATCH = env.int("LOOM_HEALTH_SWEEP_BATCH", default=500)
+LOOM_HEALTH_CONCURRENCY = env.int("LOOM_HEALTH_CONCURRENCY", default=4)
+LOOM_HEALTH_NODE_THREADS = env.int("LOOM_HEALTH_NODE_THREADS", default=8)
 CELERY_BEAT_SCHEDULE = {
+    "health-sweep": {"task": "clusters.tasks.health_sweep_task", "schedule": LOOM_HEALTH_SWEEP_SECONDS},
     "engine-janitor": {"task": "clusters.tasks.engine_janitor", "schedule": LOOM_JANITOR_SECONDS},
     "provider-reaper": {"task": "clusters.tasks.provider_reaper", "schedule": LOOM_REAPER_SECONDS},
     "webhook-sweep": {

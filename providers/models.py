@@ -50,6 +50,10 @@ class FakeMachine(models.Model):
     created_at = models.DateTimeField()
     ready_at = models.DateTimeField()
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # What happens to machines out of band, which the health sweep must notice (tests set these directly, as
+    # someone at a cloud console would): stopped, or given another address.
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    access_v4 = models.CharField(max_length=64, blank=True, default="", help_text="Replaces the made-up address.")
 
     class Meta:
         ordering = ["pk"]

@@ -294,7 +294,8 @@ class ActionForm(forms.Form):
 
 
 class ActionForms:
-    """The six fixed action rows; each action appears once, so there is nothing to duplicate or delete."""
+    """The fixed action rows (the original's six and Loom's ``check``); each action appears once, so there is
+    nothing to duplicate or delete."""
 
     prefix = "actions"
 

@@ -20,7 +20,9 @@ from .problems import Problems
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # always used with fullmatch: "$" would allow a final newline
 NAME_RULE = "must be 1-255 characters of letters, digits, '_', '.' or '-'"
-SERVICE_ACTIONS = ("install", "configure", "initialize", "start", "stop", "remove")
+SERVICE_ACTIONS = ("install", "configure", "initialize", "start", "stop", "remove", "check")
+"""The original's six actions, and Loom's ``check``: the health sweep runs it (exit 0 healthy). No plan runs it,
+and a service without one is checked only for reachability."""
 DNS_LABEL_RE = re.compile(r"^[a-zA-Z0-9\-]{0,62}[a-zA-Z0-9]$")
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -402,7 +404,7 @@ MAX_TASK_ATTEMPTS = 20
 
 def _administration(raw: Any, problems: Problems) -> Doc:
     section = as_object(raw, problems, "administration")
-    check_unknown_keys(section, {"leaseduration", "maxattempts", "tasktimeout"}, problems, "administration")
+    check_unknown_keys(section, {"leaseduration", *LOOM_ADMINISTRATION}, problems, "administration")
     lease = as_object(section.get("leaseduration"), problems, "administration.leaseduration")
     check_unknown_keys(lease, {"initial", "max", "step"}, problems, "administration.leaseduration")
     result = {
@@ -434,7 +436,45 @@ def _administration(raw: Any, problems: Problems) -> Doc:
             problems.error("administration.tasktimeout", 'must be at least 1 second (1000 ms or "1s")')
         else:
             administration["tasktimeout"] = timeout
+    if section.get("healthcheck") is not None:
+        administration["healthcheck"] = _healthcheck(section["healthcheck"], problems)
+    if section.get("autorepair") is not None:
+        administration["autorepair"] = _autorepair(section["autorepair"], problems)
     return administration
+
+
+LOOM_ADMINISTRATION = ("maxattempts", "tasktimeout", "healthcheck", "autorepair")
+"""Loom's settings in a template's administration section; a child template's own value of each wins."""
+MIN_HEALTHCHECK_INTERVAL_MS = 10_000
+
+
+def _healthcheck(raw: Any, problems: Problems) -> Doc:
+    """``{"interval": "5m", "timeout": "30s"}``: how often the sweep checks the cluster, and how long one
+    node's checks may take before the node counts as unreachable (durations as the lease's)."""
+    path = "administration.healthcheck"
+    section = as_object(raw, problems, path)
+    check_unknown_keys(section, {"interval", "timeout"}, problems, path)
+    result: Doc = {}
+    for key, minimum in (("interval", MIN_HEALTHCHECK_INTERVAL_MS), ("timeout", 1000)):
+        if section.get(key) is None:
+            continue
+        value = parse_duration_ms(section[key], problems, f"{path}.{key}")
+        if value < minimum:
+            problems.error(f"{path}.{key}", f"must be at least {minimum // 1000} seconds ({minimum} ms)")
+        else:
+            result[key] = value
+    return result
+
+
+def _autorepair(raw: Any, problems: Problems) -> Doc:
+    """``{"after": 2, "maxperhour": 1}``: repair a node automatically once that many sweeps in a row found it
+    unhealthy, at most that many repair jobs an hour per cluster."""
+    path = "administration.autorepair"
+    section = as_object(raw, problems, path)
+    check_unknown_keys(section, {"after", "maxperhour"}, problems, path)
+    after = _count(section.get("after", 2), problems, f"{path}.after", minimum=1)
+    per_hour = _count(section.get("maxperhour", 1), problems, f"{path}.maxperhour", minimum=0)
+    return {"after": after or 2, "maxperhour": 1 if per_hour is None else per_hour}
 
 
 def _template_parts(raw: Doc, problems: Problems) -> Doc:

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .codec import LOOM_ADMINISTRATION
 from .problems import Problem, Problems
 
 Doc = dict[str, Any]
@@ -224,7 +225,7 @@ def resolve_template(name: str, view: CatalogView) -> tuple[Doc, Problems]:
             own = doc["administration"]
             if own.get("leaseduration", FOREVER_LEASE["leaseduration"]) != FOREVER_LEASE["leaseduration"]:
                 administration["leaseduration"] = own["leaseduration"]
-            administration.update({key: own[key] for key in ("maxattempts", "tasktimeout") if key in own})
+            administration.update({key: own[key] for key in LOOM_ADMINISTRATION if key in own})
     result.update(
         compatibility=compatibility,
         defaults=defaults,

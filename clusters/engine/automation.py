@@ -147,13 +147,39 @@ def service_action_over_ssh(
     expanded for the node; returns the output. ``task_pk`` is the task this runs for: its running attempt
     shows the output as it comes, and its timeout bounds every command (None: no task, e.g. a test or a
     tool acting directly). Raises the automator's and the SSH layer's ``DriverError`` subclasses."""
+    implementation = _automator(automator, service, action)
+    timeout = Task.objects.filter(pk=task_pk).values_list("timeout_seconds", flat=True).first() if task_pk else None
+    live = LiveLog(task_pk)
+    request = action_request(cluster, node, service=service, action=action, automator=automator, config=config,
+                             fields=fields, log=live)  # fmt: skip
+    with node_session(cluster, node, live, timeout=timeout) as session:
+        return implementation.run(session, request)
+
+
+def _automator(automator: str, service: str, action: str) -> Automator:
     implementation = AUTOMATORS.get(automator)
     if implementation is None:
         raise TerminalError(f"automator {automator!r} of {service}.{action} is not available on this worker")
-    peers = Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).order_by("number")
-    timeout = Task.objects.filter(pk=task_pk).values_list("timeout_seconds", flat=True).first() if task_pk else None
-    live = LiveLog(task_pk)
-    request = ActionRequest(
+    return implementation
+
+
+def action_request(
+    cluster: Cluster,
+    node: Node,
+    *,
+    service: str,
+    action: str,
+    automator: str,
+    config: Any,
+    fields: Any,
+    log: Callable[[str], None],
+    peers: list[Node] | None = None,
+) -> ActionRequest:
+    """The automator's view of one action on ``node``: ``peers`` are the cluster's live nodes (read when not
+    given), the plugin's resources are the tenant's live ones."""
+    if peers is None:
+        peers = list(Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).order_by("number"))
+    return ActionRequest(
         cluster=cluster.name,
         cluster_id=cluster.pk,
         service=service,
@@ -163,7 +189,10 @@ def service_action_over_ssh(
         node=_node_info(node),
         nodes=[_node_info(peer) for peer in peers],
         resources=live_resources(tenant_id=cluster.tenant_id, plugin_kind="automatortypes", plugin=automator),
-        log=live,
+        log=log,
     )
-    with node_session(cluster, node, live, timeout=timeout) as session:
-        return implementation.run(session, request)
+
+
+def action_on_session(session: Session, request: ActionRequest, automator: str) -> str:
+    """Run ``request`` with ``automator`` over an open session (the health checks run several on one)."""
+    return _automator(automator, request.service, request.action).run(session, request)

@@ -25,6 +25,7 @@ class JobEvent(enum.StrEnum):
     ABORTED = "job.aborted"
     LEASE_WARNING = "cluster.lease_warning"
     LEASE_EXPIRED = "cluster.lease_expired"
+    HEALTH_CHANGED = "cluster.health_changed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,11 @@ C, J, T = Cluster.Status, Job.Status, Task.Status
 CLUSTER_TRANSITIONS: Mapping[str, frozenset[str]] = {
     # A new operation starts on a cluster that is not busy; terminated is final (loom-reference §3.3).
     C.PENDING: frozenset({C.ACTIVE, C.INCOMPLETE, C.INCONSISTENT}),
-    C.ACTIVE: frozenset({C.PENDING}),
+    # Active ↔ inconsistent without a job is the health sweep: a machine deleted, stopped or moved out of band
+    # (drift), and back once the provider reports the machine as Loom made it again (clusters/features/health.py).
+    C.ACTIVE: frozenset({C.PENDING, C.INCONSISTENT}),
     C.INCOMPLETE: frozenset({C.PENDING}),
-    C.INCONSISTENT: frozenset({C.PENDING}),
+    C.INCONSISTENT: frozenset({C.PENDING, C.ACTIVE}),
     C.TERMINATED: frozenset({C.PENDING}),
 }
 

@@ -360,7 +360,7 @@ def _event_payload(data: JobEventData, cluster: Cluster, job: dict[str, Any] | N
         "time": _iso(timezone.now()),
         "tenant": cluster.tenant.name,
         "message": data.message,
-        "cluster": {"id": cluster.pk, "name": cluster.name, "status": cluster.status},
+        "cluster": {"id": cluster.pk, "name": cluster.name, "status": cluster.status, "health": cluster.health},
         "job": None
         if job is None
         else {"id": job["pk"], "operation": job["operation"], "status": job["status"], "message": job["message"]},

@@ -80,6 +80,7 @@ class Operation(enum.StrEnum):
     REMOVE_SERVICES = "remove_services"
     SCALE_OUT = "scale_out"
     SCALE_IN = "scale_in"
+    REPAIR = "repair"
 
 
 class Action(enum.StrEnum):
@@ -780,6 +781,7 @@ def plan(
     operation: Operation,
     services: Mapping[str, ServiceSpec],
     scope: frozenset[str] | None = None,
+    restarts: Mapping[str, frozenset[str]] | None = None,
 ) -> Plan:
     """Plan ``operation`` taking the cluster from ``before`` to ``after`` (nodes matched by ``node_id``).
 
@@ -798,6 +800,8 @@ def plan(
     _check_shape(operation, before_nodes, after_nodes)
     if scope is not None and operation not in _SCOPED_RUNTIME | _SCOPED_CHANGE:
         raise PlanError(f"{operation} takes no service scope")
+    if restarts and operation is not Operation.REPAIR:
+        raise PlanError(f"{operation} takes no per-node restarts")
     hosted = {node_id: node.services for node_id, node in before_nodes.items()}
     for node_id, node in after_nodes.items():
         hosted[node_id] = hosted[node_id] | node.services if node_id in hosted else node.services
@@ -815,7 +819,8 @@ def plan(
     # Both graphs are built (and checked for cycles) for every operation, even one that orders nothing by
     # them: a cyclic catalog is reported the same way whatever the user asked for.
     graphs = {kind: dependency_graph(services, present, kind) for kind in (INSTALL, RUNTIME)}
-    _OPERATIONS[operation](builder, _Context(before_nodes, after_nodes, scope, present, graphs.__getitem__))
+    context = _Context(before_nodes, after_nodes, scope, present, graphs.__getitem__, dict(restarts or {}))
+    _OPERATIONS[operation](builder, context)
     builder.apply_dependency_rules(graphs.__getitem__)
     return builder.finish(operation)
 
@@ -829,16 +834,23 @@ class _Context:
     scope: frozenset[str] | None
     present: frozenset[str]
     graph: Callable[[DependencyKind], DependencyGraph]
+    restarts: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 _Planner = Callable[[_Builder, _Context], None]
 
 
-def _plan_new_nodes(builder: _Builder, nodes: list[NodeSpec], existing_configures: list[int] | None) -> None:
+def _plan_new_nodes(
+    builder: _Builder,
+    nodes: list[NodeSpec],
+    existing_configures: list[int] | None,
+    existing_runtime: Sequence[int] = (),
+) -> None:
     """Create chains on new nodes; service work from CONFIGURE on waits until every new node has addresses.
 
-    With ``existing_configures`` (scale out), those existing-node CONFIGURE tasks also wait for the new
-    addresses, and the new nodes' first runtime task of each service waits for all of them."""
+    With ``existing_configures`` (scale out, repair), those existing-node CONFIGURE tasks also wait for the new
+    addresses, and the new nodes' first runtime task of each service waits for all of them; ``existing_runtime``
+    (a repair's services restarted in place) wait for the new addresses too."""
     confirms: list[int] = []
     post_install: list[int] = []
     first_runtime: list[int] = []
@@ -857,7 +869,7 @@ def _plan_new_nodes(builder: _Builder, nodes: list[NodeSpec], existing_configure
     if existing_configures is None:
         builder.join("confirm of every node", confirms, post_install)
     else:
-        builder.join("confirm of every new node", confirms, post_install + existing_configures)
+        builder.join("confirm of every new node", confirms, post_install + existing_configures + list(existing_runtime))
         builder.join("configure of the existing nodes", existing_configures, first_runtime)
 
 
@@ -984,6 +996,49 @@ def _plan_scale_in(builder: _Builder, ctx: _Context) -> None:
     builder.join("delete of every leaving node", deletes, configures)
 
 
+def _plan_repair(builder: _Builder, ctx: _Context) -> None:
+    """Replace the nodes that leave by the new ones and restart failed services in place.
+
+    A replaced node's machine is gone or does not answer, so nothing is stopped on it: its DELETE only makes
+    sure the machine is gone. The new nodes are made as a scale-out makes them, and every node that stays is
+    configured again once they have addresses and the old ones are deleted, so a config that lists the
+    cluster's nodes (a balancer's backends, through macros) takes the new node in and the old one out. A
+    service restarted in place on a staying node is stopped, configured (when nodes are replaced) and started.
+    """
+    leaving = _ordered(node for node_id, node in ctx.before.items() if node_id not in ctx.after)
+    new = _ordered(node for node_id, node in ctx.after.items() if node_id not in ctx.before)
+    staying = _ordered(node for node_id, node in ctx.after.items() if node_id in ctx.before)
+    for node_id, restarted in ctx.restarts.items():
+        if node_id not in ctx.before or node_id not in ctx.after:
+            raise PlanError(f"restarts name node {node_id!r}, which does not stay in the cluster")
+        if not restarted <= ctx.before[node_id].services:
+            raise PlanError(
+                f"restarts name services not on node {node_id!r}: {sorted(restarted - ctx.before[node_id].services)}"
+            )
+    if not leaving and not ctx.restarts:
+        raise PlanError("repair replaces or restarts something, but nothing was named")
+    deletes = [builder.node_chain(node.node_id, (), (), (Action.DELETE,))[0][Action.DELETE] for node in leaving]
+    configures: list[int] = []
+    runtime: list[int] = []  # a service restarted in place starts once the new nodes have addresses
+    for node in staying:
+        restarted = ctx.restarts.get(node.node_id, frozenset())
+
+        def actions(service: str, restarted: frozenset[str] = restarted) -> tuple[Action, ...]:
+            if service in restarted:
+                return (Action.STOP, Action.CONFIGURE, Action.START) if new else (Action.STOP, Action.START)
+            return (Action.CONFIGURE,) if new else ()
+
+        planned = [(service, actions(service)) for service in sorted(node.services)]
+        _, chains = builder.node_chain(node.node_id, (), [(s, a) for s, a in planned if a])
+        for action, key in (pair for chain in chains for pair in chain):
+            configures += [key] if action is Action.CONFIGURE else []
+            runtime += [key] if action is Action.START else []
+    if new:
+        _plan_new_nodes(builder, new, configures, runtime)
+    if deletes:
+        builder.join("delete of every replaced node", deletes, configures)
+
+
 _OPERATIONS: dict[Operation, _Planner] = {
     Operation.CREATE: _plan_create,
     Operation.CONFIGURE: _plan_configure,
@@ -995,4 +1050,5 @@ _OPERATIONS: dict[Operation, _Planner] = {
     Operation.REMOVE_SERVICES: _plan_remove_services,
     Operation.SCALE_OUT: _plan_scale_out,
     Operation.SCALE_IN: _plan_scale_in,
+    Operation.REPAIR: _plan_repair,
 }

@@ -42,7 +42,7 @@ from django.db import transaction
 from clusters.engine.pins import current_service_versions, pinned_service_documents
 from clusters.engine.state import transition
 from clusters.features.hooks import JobRequest, check_job_start
-from clusters.models import Cluster, Job, Node
+from clusters.models import Cluster, Health, Job, Node
 from clusters.planning.macros import MacroContext, config_problems
 from clusters.planning.naming import node_hostname
 from clusters.planning.planner import Operation, Plan, PlanError, plan
@@ -258,12 +258,14 @@ class _ClusterState:
         scope: frozenset[str] | None = None,
         config: dict[str, Any] | None = None,
         field_name: str = "services",
+        restarts: dict[str, frozenset[str]] | None = None,
         **extra: Any,
     ) -> Day2Change:
         """Plan ``operation`` from the current nodes to ``after``; the cluster's services follow the nodes."""
         services = sorted(frozenset().union(*(node.services for node in after))) if after else []
         try:
-            planned = plan(before=self.before, after=after, operation=operation, services=self.catalog, scope=scope)
+            planned = plan(before=self.before, after=after, operation=operation, services=self.catalog, scope=scope,
+                           restarts=restarts)  # fmt: skip
         except PlanError as error:
             raise ApplicationError(f"{field_name}: {error}", fields={field_name: [str(error)]}) from error
         added = [name for name in services if name not in self.cluster.services]
@@ -382,6 +384,21 @@ def _scale_out(state: _ClusterState, *, count: int) -> Day2Change:
     _positive(count, "count")
     layout = state.solve("count", add_nodes=count)
     have = Counter((n.hardware, n.image, n.services) for n in state.before)
+    roles = []
+    for role in layout.roles:
+        key = (role.hardware, role.image, role.services)
+        roles += [key] * (role.count - have[key])
+    new, machines = _new_nodes(state, roles)
+    change = state.change(Operation.SCALE_OUT, [*state.before, *new], field_name="count", machines=machines)
+    change.details["hourly_cost_added"] = _cost({h.name: h for h in state.hardware}, new)
+    return change
+
+
+def _new_nodes(
+    state: _ClusterState, roles: Sequence[tuple[str, str, frozenset[str]]]
+) -> tuple[list[NodeSpec], dict[str, tuple[str, str, str]]]:
+    """One new node per (hardware, image, services), numbered after every node the cluster ever had, so a
+    number (and hostname) is never reused; with each one's machine on the cluster's provider."""
     cluster = state.cluster
     last = Node.objects.filter(cluster_id=cluster.pk).order_by("-number").values_list("number", flat=True).first()
     number = (last or 999) + 1
@@ -389,20 +406,61 @@ def _scale_out(state: _ClusterState, *, count: int) -> Day2Change:
     images = {i.name: i for i in state.images}
     new: list[NodeSpec] = []
     machines: dict[str, tuple[str, str, str]] = {}
-    for role in layout.roles:
-        for _ in range(role.count - have[(role.hardware, role.image, role.services)]):
-            node_id = f"{NEW_NODE_PREFIX}{number}"
-            new.append(
-                NodeSpec(node_id=node_id, number=number, hardware=role.hardware, image=role.image,
-                         services=role.services, hostname=node_hostname(cluster.name, number,
-                                                                        dns_suffix=cluster.dns_suffix or None),
-                         ip_addresses={"bind_v4": f"ip-bind<{number}>", "access_v4": f"ip-access<{number}>"})
-            )  # fmt: skip
-            machines[node_id] = _machine(flavors.get(role.hardware), images.get(role.image))
-            number += 1
-    change = state.change(Operation.SCALE_OUT, [*state.before, *new], field_name="count", machines=machines)
-    change.details["hourly_cost_added"] = _cost(flavors, new)
+    for hardware, image, services in roles:
+        node_id = f"{NEW_NODE_PREFIX}{number}"
+        new.append(
+            NodeSpec(node_id=node_id, number=number, hardware=hardware, image=image, services=services,
+                     hostname=node_hostname(cluster.name, number, dns_suffix=cluster.dns_suffix or None),
+                     ip_addresses={"bind_v4": f"ip-bind<{number}>", "access_v4": f"ip-access<{number}>"})
+        )  # fmt: skip
+        machines[node_id] = _machine(flavors.get(hardware), images.get(image))
+        number += 1
+    return new, machines
+
+
+REPLACED = (Health.MISSING, Health.UNREACHABLE)
+"""Node health that a repair answers with a new machine (a degraded node has its failed services restarted)."""
+
+
+def _repair(state: _ClusterState, *, nodes: Sequence[int | str] = ()) -> Day2Change:
+    """Replace every node whose machine is missing or unreachable by a new node in the same role, and restart
+    in place the services whose check failed on a degraded node (all its services when none is named).
+
+    ``nodes`` (numbers or hostnames) limits the repair to those; a named node that is not degraded is
+    replaced whatever its health, so a user can replace a node the sweep has not judged yet."""
+    if nodes:
+        chosen = _named_nodes(state, nodes)
+    else:
+        chosen = [n for n in state.nodes if n.health in (*REPLACED, Health.DEGRADED)]
+        if not chosen:
+            problem = f"nothing to repair: no node of cluster {state.cluster.name} is degraded, unreachable or missing"
+            raise ApplicationError(f"nodes: {problem}", fields={"nodes": [problem]})
+    replaced = [n for n in chosen if n.health != Health.DEGRADED]
+    restarts = {n.node_key: frozenset(n.health_failing or n.services) & frozenset(n.services)
+                for n in chosen if n.health == Health.DEGRADED}  # fmt: skip
+    new, machines = _new_nodes(state, [(n.hardware, n.image, frozenset(n.services)) for n in replaced])
+    gone = {n.node_key for n in replaced}
+    after = [node for node in state.before if node.node_id not in gone] + new
+    change = state.change(Operation.REPAIR, after, field_name="nodes", machines=machines,
+                          restarts={key: services for key, services in restarts.items() if services})  # fmt: skip
+    numbers = {n.node_key: n.number for n in state.nodes}
+    change.details["repair"] = {
+        "replace": [{"number": old.number, "hostname": old.hostname, "health": old.health,
+                     "message": old.health_message, "by": spec.number, "by_hostname": spec.hostname}
+                    for old, spec in zip(replaced, new, strict=True)],
+        "restart": [{"number": numbers[key], "services": sorted(services)} for key, services in sorted(
+            restarts.items(), key=lambda item: numbers[item[0]])],
+    }  # fmt: skip
     return change
+
+
+def _named_nodes(state: _ClusterState, nodes: Sequence[int | str]) -> list[Node]:
+    by_name = {n.hostname: n for n in state.nodes} | {str(n.number): n for n in state.nodes}
+    unknown = [str(name) for name in nodes if str(name) not in by_name]
+    if unknown:
+        problem = f"not live nodes of cluster {state.cluster.name}: {', '.join(unknown)}"
+        raise ApplicationError(f"nodes: {problem}", fields={"nodes": [problem]})
+    return list({by_name[str(name)].pk: by_name[str(name)] for name in nodes}.values())
 
 
 def _machine(hardware: HardwareOption | None, image: ImageOption | None) -> tuple[str, str, str]:
@@ -421,12 +479,7 @@ def _scale_in(state: _ClusterState, *, count: int | None = None, nodes: Sequence
         problem = "give either count or nodes"
         raise ApplicationError(problem, fields={"count": [problem], "nodes": [problem]})
     if nodes:
-        by_name = {n.hostname: n for n in state.before} | {str(n.number): n for n in state.before}
-        unknown = [str(name) for name in nodes if str(name) not in by_name]
-        if unknown:
-            problem = f"not live nodes of cluster {state.cluster.name}: {', '.join(unknown)}"
-            raise ApplicationError(f"nodes: {problem}", fields={"nodes": [problem]})
-        leaving = {by_name[str(name)].node_id for name in nodes}
+        leaving = {node.node_key for node in _named_nodes(state, nodes)}
         after = [node for node in state.before if node.node_id not in leaving]
         if not after:
             raise ApplicationError("nodes: a cluster cannot lose every node; delete it instead",
@@ -528,8 +581,10 @@ def _run(
     *, user: Any, cluster: Cluster, build: Callable[[_ClusterState], Day2Change], action: str, preview: bool
 ) -> Day2Outcome:
     """Preview or launch: check the user and the cluster, build the change; to launch, build it again
-    under the cluster's row lock and store it (module docstring, step 3)."""
-    cluster_require(user=user, cluster=cluster, action="change")
+    under the cluster's row lock and store it (module docstring, step 3). ``user`` None is Loom itself
+    (the auto-repair policy)."""
+    if user is not None:
+        cluster_require(user=user, cluster=cluster, action="change")
     if preview:
         check_operable(cluster)
         return Day2Outcome(build(_ClusterState(cluster)), None)
@@ -558,8 +613,9 @@ def _store(*, user: Any, change: Day2Change) -> Job | None:
     """Write the desired state and start the job (None when there is nothing to run: a sync that only moves
     the pin). The caller holds the cluster's row lock inside its transaction."""
     cluster = change.cluster
+    # health_due_at: the sweep checks the cluster as soon as the job has ended.
     updates: dict[str, Any] = {"services": change.services, "service_versions": change.service_versions,
-                               "size": len(change.after)}  # fmt: skip
+                               "size": len(change.after), "health_due_at": None}  # fmt: skip
     if change.config is not None:
         updates["config"] = change.config
     if change.template_version is not None:
@@ -686,6 +742,15 @@ def cluster_scale_in(
     stop, their machines are deleted, then the remaining nodes are reconfigured."""
     return _run(user=user, cluster=cluster, build=lambda s: _scale_in(s, count=count, nodes=nodes),
                 action="scale-in", preview=preview)  # fmt: skip
+
+
+def cluster_repair(
+    *, user: Any, cluster: Cluster, nodes: Sequence[int | str] = (), preview: bool = False
+) -> Day2Outcome:
+    """Replace the missing and unreachable nodes and restart the failed services of the degraded ones (see
+    ``_repair``); ``user`` None is the auto-repair policy, audited as ``auto-repair``."""
+    return _run(user=user, cluster=cluster, build=lambda s: _repair(s, nodes=nodes),
+                action="repair" if user is not None else "auto-repair", preview=preview)  # fmt: skip
 
 
 def cluster_sync(*, user: Any, cluster: Cluster, restart: bool = False, preview: bool = False) -> Day2Outcome:

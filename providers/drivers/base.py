@@ -113,16 +113,20 @@ class MachineSpec:
 
 @dataclass(frozen=True)
 class Machine:
-    """A machine as the provider reports it. ``state`` is the provider's word (e.g. pending, running)."""
+    """A machine as the provider reports it. ``state`` is the provider's word (e.g. pending, running);
+    ``addresses`` what it reports now under the names of ``Reachable.ip_addresses`` (empty when it reports
+    none in a listing), so the health sweep sees a machine that moved."""
 
     machine_id: str
     name: str
     tags: Mapping[str, str]
     state: str
     created_at: datetime
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen(self.tags))
+        object.__setattr__(self, "addresses", _frozen(self.addresses))
 
     @property
     def cluster_key(self) -> str | None:

@@ -519,12 +519,14 @@ class CloudDriver:
         created = node.created_at if isinstance(node.created_at, datetime) else None
         if created is not None and created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
+        public, private = _ipv4(node.public_ips), _ipv4(node.private_ips)
         return Machine(
             machine_id=self.machine_id(node),
             name=str(node.name or ""),
             tags=self.node_tags(node),
             state=str(node.state),
             created_at=created or datetime.now(UTC),
+            addresses={"access_v4": public or private, "bind_v4": private or public} if public or private else {},
         )
 
     def required(self, *names: str) -> None:

@@ -150,6 +150,14 @@ def _addresses(ordinal: int) -> dict[str, str]:
     }
 
 
+def _row_addresses(row: FakeMachine) -> dict[str, str]:
+    """The machine's addresses: made up from its row, unless it was given another out of band."""
+    addresses = _addresses(row.pk)
+    if row.access_v4:
+        addresses["access_v4"] = row.access_v4
+    return addresses
+
+
 def _host_key(machine_id: str) -> str:
     """A well-formed OpenSSH ed25519 public key line, stable per machine (there is no real host)."""
     key = hashlib.sha256(f"fake-host-key\x00{machine_id}".encode()).digest()
@@ -213,7 +221,7 @@ class FakeDriver:
         if now < row.ready_at:
             remaining = (row.ready_at - now).total_seconds()
             raise NotReady(f"machine {machine_id} is booting", retry_after=max(remaining, MIN_RETRY_AFTER_S))
-        addresses = _addresses(row.pk)
+        addresses = _row_addresses(row)
         return Reachable(
             machine_id=row.machine_id,
             hostname=f"{row.name}.{HOSTNAME_DOMAIN}",
@@ -314,9 +322,12 @@ class FakeDriver:
 
     def _machine(self, row: FakeMachine, now: datetime) -> Machine:
         state = "running" if now >= row.ready_at else "pending"
+        if row.stopped_at is not None:
+            state = "stopped"
         if row.deleted_at is not None:
             state = "terminated"
-        return Machine(machine_id=row.machine_id, name=row.name, tags=row.tags, state=state, created_at=row.created_at)
+        return Machine(machine_id=row.machine_id, name=row.name, tags=row.tags, state=state, created_at=row.created_at,
+                       addresses=_row_addresses(row))  # fmt: skip
 
     def _rng(self, action: str, subject: str) -> random.Random:
         """A generator for one call: seeded by (seed, action, subject, n-th call) or fresh when unseeded."""

@@ -150,4 +150,5 @@ class LocalDriver:
             state = "running" if self.lab.namespace_exists(host.name) else "lost"
         else:
             state = "pending" if host.state != "deleting" else "deleting"
-        return Machine(machine_id=host.name, name=host.hostname, tags=host.tags, state=state, created_at=host.created)
+        return Machine(machine_id=host.name, name=host.hostname, tags=host.tags, state=state, created_at=host.created,
+                       addresses={"access_v4": host.address, "bind_v4": host.address})  # fmt: skip

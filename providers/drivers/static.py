@@ -59,6 +59,14 @@ STALE_CLEANUP_S = CLEANUP_TIMEOUT_S + KILL_GRACE_S + 2 * DEFAULT_CONNECT_TIMEOUT
 _PROVIDER_KEY = re.compile(r"^tenant-(\d+)/provider-(\d+)$")
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def script_command(script_path: str, script: str) -> list[str]:
     """How to run an uploaded script: through its ``#!`` interpreter (one optional argument, as the kernel
     does), else ``/bin/sh``. Naming the interpreter, rather than executing the file, works when /tmp is
@@ -219,4 +227,6 @@ class StaticDriver:
             tags=host.tags or {},
             state=host.state,
             created_at=host.allocated_at or host.created_at,
+            # A name would have to be resolved per host per listing; the node records the address it resolved to.
+            addresses={"access_v4": host.address, "bind_v4": host.address} if _is_ip(host.address) else {},
         )

@@ -38,7 +38,7 @@ CLUSTERS = f"{API}/clusters"
 LEASE = {"initial": "1d", "max": "3d", "step": "1d"}
 DAY_MS = 86_400_000
 
-CLUSTER_FIELDS = {"id", "url", "name", "description", "owner", "status", "status_message", "template", "provider",
+CLUSTER_FIELDS = {"id", "url", "name", "description", "owner", "status", "status_message", "health", "template", "provider",
                   "size", "services", "created_at", "expires_at", "latest_job"}  # fmt: skip
 DETAIL_FIELDS = CLUSTER_FIELDS | {"dns_suffix", "config", "provider_fields", "service_versions", "lease", "node_count", "nodes",
                                   "nodes_url", "jobs_url"}  # fmt: skip

@@ -749,6 +749,7 @@ def reference(
     operation: Operation,
     services: Mapping[str, ServiceSpec],
     scope: frozenset[str] | None,
+    restarts: Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[set[Triple], set[tuple[Triple, Triple]]]:
     """The tasks an operation must run and every ordered pair the rules demand, written out naively."""
     old = {n.node_id: n.services for n in before_nodes}
@@ -802,6 +803,15 @@ def reference(
         for node_id in old.keys() - new.keys():
             work.append((node_id, (), [(s, (Action.STOP,)) for s in old[node_id]], (Action.DELETE,)))
         each(new, (Action.CONFIGURE,))
+    elif operation is Operation.REPAIR:
+        restarted = restarts or {}
+        fresh_nodes = {k: new[k] for k in new if k not in old}
+        work.extend((node_id, (), [], (Action.DELETE,)) for node_id in old.keys() - new.keys())
+        each(fresh_nodes, CREATE_SERVICE, HEAD_CREATE)
+        for node_id in new.keys() & old.keys():
+            each({node_id: new[node_id]}, lambda s, node_id=node_id: (
+                ((Action.STOP, Action.CONFIGURE, Action.START) if fresh_nodes else (Action.STOP, Action.START))
+                if s in restarted.get(node_id, ()) else (Action.CONFIGURE,) if fresh_nodes else ()))  # fmt: skip
 
     tasks: set[Triple] = set()
     required: set[tuple[Triple, Triple]] = set()
@@ -823,17 +833,19 @@ def reference(
                 if related and (not local or u[0] == v[0] or u[2] not in hosted[v[0]]):
                     required.add((u, v))
     # Barriers: configure after every new node has addresses; scale out and in reconfigure the rest.
-    if operation in (Operation.CREATE, Operation.SCALE_OUT):
+    if operation in (Operation.CREATE, Operation.SCALE_OUT, Operation.REPAIR):
         confirms = [t for t in tasks if t[1] is Action.CONFIRM]
         fresh = {t[0] for t in confirms}
         later = [t for t in tasks if t[1] in (Action.CONFIGURE, Action.INITIALIZE, Action.START)]
         required.update((c, t) for c in confirms for t in later)
-        existing = [t for t in later if t[0] not in fresh]  # the existing nodes' CONFIGURE (scale out)
+        existing = [t for t in later if t[0] not in fresh and t[1] is Action.CONFIGURE]  # the existing nodes'
+
         runtime = [t for t in later if t[0] in fresh and t[1] in (Action.INITIALIZE, Action.START)]
         required.update((c, t) for c in existing for t in runtime)
-    if operation is Operation.SCALE_IN:
+    if operation in (Operation.SCALE_IN, Operation.REPAIR):
         deletes = [t for t in tasks if t[1] is Action.DELETE]
-        required.update((d, t) for d in deletes for t in tasks if t[1] is Action.CONFIGURE)
+        staying = old.keys() & new.keys()
+        required.update((d, t) for d in deletes for t in tasks if t[1] is Action.CONFIGURE and t[0] in staying)
     return tasks, required
 
 
@@ -909,9 +921,7 @@ def subsets(names: Iterable[str]) -> st.SearchStrategy[set[str]]:
 
 
 @st.composite
-def scenarios(
-    draw: st.DrawFn, operations: Sequence[Operation] = tuple(Operation), dense: bool = False
-) -> tuple[list[NodeSpec], list[NodeSpec], Operation, dict[str, ServiceSpec], frozenset[str] | None]:
+def scenarios(draw: st.DrawFn, operations: Sequence[Operation] = tuple(Operation), dense: bool = False) -> Scenario:
     services = draw(catalogs(dense))
     names = sorted(services)
     some = st.sets(st.sampled_from(names))
@@ -945,15 +955,28 @@ def scenarios(
         before_nodes = [make(i, draw(subsets(n.services))) for i, n in enumerate(full)]
     elif operation is Operation.REMOVE_SERVICES:
         before_nodes = [make(i, n.services | draw(some)) for i, n in enumerate(full)]
+    elif operation is Operation.REPAIR:
+        replaced = draw(st.sets(st.sampled_from(range(size)), max_size=2))  # two fresh numbers are left
+        after_nodes = [n for i, n in enumerate(full) if i not in replaced]
+        after_nodes += [make(size + j, full[i].services) for j, i in enumerate(sorted(replaced))]
+        restarts = {n.node_id: frozenset(draw(subsets(n.services))) for n in full if n.node_id not in
+                    {f"n{i}" for i in replaced} and draw(st.booleans())}  # fmt: skip
+        restarts = {k: v for k, v in restarts.items() if v}
+        if not replaced and not restarts:
+            after_nodes = [*full[1:], make(size, full[0].services)]
+        return before_nodes, after_nodes, operation, services, None, restarts
     if operation in (Operation.ADD_SERVICES, Operation.REMOVE_SERVICES):
         changed = sorted(set().union(*(a.services ^ b.services for a, b in zip(before_nodes, full, strict=True))))
         narrowed = draw(st.booleans())
         if changed and narrowed:
             scope = frozenset(draw(st.sets(st.sampled_from(changed), min_size=1)))
-    return before_nodes, after_nodes, operation, services, scope
+    return before_nodes, after_nodes, operation, services, scope, {}
 
 
-Scenario = tuple[list[NodeSpec], list[NodeSpec], Operation, dict[str, ServiceSpec], frozenset[str] | None]
+Scenario = tuple[
+    list[NodeSpec], list[NodeSpec], Operation, dict[str, ServiceSpec], frozenset[str] | None,
+    dict[str, frozenset[str]],
+]  # fmt: skip
 
 
 @settings(max_examples=250, deadline=None)
@@ -971,6 +994,7 @@ def test_every_plan_is_sound_complete_and_no_stricter_than_the_rules(scenario: S
             Operation.ADD_SERVICES,
             Operation.REMOVE_SERVICES,
             Operation.RESTART_SERVICES,
+            Operation.REPAIR,
         ),
         dense=True,
     )
@@ -982,10 +1006,11 @@ def test_long_dependency_chains_across_partly_shared_nodes(scenario: Scenario) -
 
 
 def check_against_reference(scenario: Scenario) -> None:
-    before_nodes, after_nodes, operation, services, scope = scenario
-    p = plan(before=before_nodes, after=after_nodes, operation=operation, services=services, scope=scope)
+    before_nodes, after_nodes, operation, services, scope, restarts = scenario
+    p = plan(before=before_nodes, after=after_nodes, operation=operation, services=services, scope=scope,
+             restarts=restarts)  # fmt: skip
     check_sound(p)
-    tasks, required = reference(before_nodes, after_nodes, operation, services, scope)
+    tasks, required = reference(before_nodes, after_nodes, operation, services, scope, restarts)
     got = real_triples(p)
     assert len(got) == len(set(got)), "a task is duplicated"
     assert set(got) == tasks

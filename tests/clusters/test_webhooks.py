@@ -177,7 +177,7 @@ def test_a_job_event_is_delivered_signed_with_headers_and_payload(
         "delivery": delivery.pk,
         "tenant": "acme",
         "message": "",
-        "cluster": {"id": cluster.pk, "name": "shop", "status": "pending"},
+        "cluster": {"id": cluster.pk, "name": "shop", "status": "pending", "health": "unknown"},
         "job": {"id": job.pk, "operation": "create", "status": "running", "message": ""},
     }
     assert delivery.payload == request.payload  # the log holds exactly what was sent
