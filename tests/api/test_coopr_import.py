@@ -225,12 +225,15 @@ def test_an_exported_coopr_catalog_reimports_into_an_empty_tenant_to_the_same_do
 
 def test_loom_s_own_starter_catalog_exports_in_the_original_s_shape(tenant_a, admin_a, client_for):
     """A catalog written for Loom (shell automators, scripts as plugin resources) exports within the
-    original's rules too: nothing Loom-only appears unless the catalog asked for it (next test)."""
+    original's rules too: nothing Loom-only appears unless the catalog asked for it (next test) — here the
+    health ``check`` actions of nginx, haproxy and redis, the only Loom addition the starter catalog uses."""
     enable_operator_providers(tenant_a)
     call_command("import_catalog", str(STARTER), "--tenant", tenant_a.name, "--resources", stdout=io.StringIO())
     exported = body(client_for(admin_a).get(f"{API}/export"))
     assert {kind for kind, docs in exported.items() if docs} >= {"providers", "services", "clustertemplates"}
-    assert violations(exported) == []
+    assert violations(exported, extensions={"provisioner.actions.check"}) == []
+    checked = sorted(doc["name"] for doc in exported["services"] if "check" in doc["provisioner"]["actions"])
+    assert checked == ["haproxy", "nginx", "redis"]
 
 
 def test_loom_s_additions_are_written_only_when_set_and_are_the_only_departure(admin, samples):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -146,3 +147,32 @@ def delete_leaving_nothing(
     left = [name for pid, name in services.items() if pid in processes_mentioning(f".loom/services/{name}")]
     assert not left, f"services left running: {left}"
     return seconds
+
+
+SERVE_TIMEOUT_S = 30.0
+"""How long the balancer may take to serve what a finished job set up (health checks run every second)."""
+
+
+def answers(address: str, port: int, count: int) -> set[str] | None:
+    """The bodies of ``count`` requests to the balancer (one connection each, so round robin spreads them),
+    or None when it fails from outside: an HTTP error (503: no backend up) or no connection at all."""
+    bodies = set()
+    try:
+        for _ in range(count):
+            with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as response:
+                bodies.add(response.read().decode().strip())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):  # HTTPError is a URLError
+        return None
+    return bodies
+
+
+def until(what: str, probe: Callable[[], object], done: Callable[[object], bool]) -> object:
+    """``probe`` again until ``done`` holds for its result, within ``SERVE_TIMEOUT_S``; the last result."""
+    deadline = time.monotonic() + SERVE_TIMEOUT_S
+    while True:
+        seen = probe()
+        if done(seen):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {SERVE_TIMEOUT_S:.0f} s; last seen: {seen!r}")
+        time.sleep(0.2)

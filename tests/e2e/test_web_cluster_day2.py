@@ -10,9 +10,6 @@ with a deadline (haproxy's health checks take a second or two to notice a backen
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 
 import pytest
 
@@ -29,43 +26,18 @@ from clusters.services.preview import PreviewRequest
 from tests.clusters.workers import run_to_completion
 
 from .helpers import (
+    answers,
     delete_leaving_nothing,
     namespaces,
     nodes_with,
     service_pids,
+    until,
     wait_for_worker,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SIZE = 4
-SERVE_TIMEOUT_S = 30.0
-"""How long the balancer may take to serve what a finished job set up (health checks run every second)."""
-
-
-def answers(address: str, port: int, count: int) -> set[str] | None:
-    """The bodies of ``count`` requests to the balancer (one connection each, so round robin spreads them),
-    or None when it fails from outside: an HTTP error (503: no backend up) or no connection at all."""
-    bodies = set()
-    try:
-        for _ in range(count):
-            with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as response:
-                bodies.add(response.read().decode().strip())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):  # HTTPError is a URLError
-        return None
-    return bodies
-
-
-def until(what: str, probe: Callable[[], object], done: Callable[[object], bool]) -> object:
-    """``probe`` again until ``done`` holds for its result, within ``SERVE_TIMEOUT_S``; the last result."""
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while True:
-        seen = probe()
-        if done(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {SERVE_TIMEOUT_S:.0f} s; last seen: {seen!r}")
-        time.sleep(0.2)
 
 
 def web_refuses(node: Node, port: int) -> bool:

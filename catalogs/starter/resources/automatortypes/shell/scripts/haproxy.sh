@@ -11,6 +11,14 @@ backend_port=$(loom-config web.port 8080)
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+# The health check's HTTP GET: the first client the node has (curl, wget, python3); exit 0 on a 2xx answer.
+http_ok() {
+    if command -v curl >/dev/null; then curl -fsS -m 5 -o /dev/null "$1"
+    elif command -v wget >/dev/null; then wget -q -T 5 -O /dev/null "$1"
+    else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1"
+    fi
+}
+
 # Wait (10 s at most) for process $1 to end: after a reload the old process finishes its connections and exits.
 wait_gone() {
     for _ in $(seq 100); do
@@ -67,6 +75,13 @@ case "$1" in
         fi
         ;;
     remove) rm -rf "$dir" ;;
+    check)
+        # A request through the balancer: haproxy answers 503 itself when no backend is up.
+        running || { echo "haproxy is not running (no live process for $pidfile)" >&2; exit 1; }
+        http_ok "http://$LOOM_BIND_V4:$port/" ||
+            { echo "haproxy on $LOOM_BIND_V4:$port has no live backend (or does not answer)" >&2; exit 1; }
+        echo "haproxy on $LOOM_BIND_V4:$port reaches a live backend"
+        ;;
     *)
         echo "haproxy.sh: unknown action $1" >&2
         exit 2

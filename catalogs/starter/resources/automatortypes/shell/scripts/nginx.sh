@@ -12,6 +12,14 @@ port=$(loom-config web.port 8080)
 
 running() { [ -f "$dir/nginx.pid" ] && kill -0 "$(cat "$dir/nginx.pid")" 2>/dev/null; }
 
+# The health check's HTTP GET: the first client the node has (curl, wget, python3); exit 0 on a 2xx answer.
+http_ok() {
+    if command -v curl >/dev/null; then curl -fsS -m 5 -o /dev/null "$1"
+    elif command -v wget >/dev/null; then wget -q -T 5 -O /dev/null "$1"
+    else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1"
+    fi
+}
+
 # Text for a double-quoted nginx string: backslash and quote escaped, newlines as \n, and "$" (which would
 # start a variable) through the $loom_dollar variable the config defines. The whole text is read into sed's
 # pattern space first (the loop; "$!" so a one-line text is not printed before the substitutions).
@@ -94,6 +102,11 @@ CONF
         kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
         ;;
     remove) rm -rf "$dir" ;;
+    check)
+        running || { echo "nginx is not running (no live process for $dir/nginx.pid)" >&2; exit 1; }
+        http_ok "http://$LOOM_BIND_V4:$port/" || { echo "nginx does not serve on $LOOM_BIND_V4:$port" >&2; exit 1; }
+        echo "nginx serves on $LOOM_BIND_V4:$port"
+        ;;
     *)
         echo "nginx.sh: unknown action $1" >&2
         exit 2

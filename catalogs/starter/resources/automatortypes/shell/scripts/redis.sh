@@ -60,6 +60,11 @@ case "$1" in
         exit 1
         ;;
     remove) rm -rf "$dir" ;;
+    check)
+        answer=$(redis-cli -h "$LOOM_BIND_V4" -p "$port" ping 2>&1) || true
+        [ "$answer" = "PONG" ] || { echo "redis on $LOOM_BIND_V4:$port does not answer PING: $answer" >&2; exit 1; }
+        echo "redis on $LOOM_BIND_V4:$port answers PING"
+        ;;
     *)
         echo "redis.sh: unknown action $1" >&2
         exit 2
