@@ -119,13 +119,15 @@ HEALTH_HISTORY_LIMIT = 100
 
 
 def cluster_health(*, cluster: Cluster) -> dict[str, Any]:
-    """The cluster's health, its nodes that are not healthy (worst first, then by number) and its latest
+    """The cluster's health, its nodes that are not healthy (worst first, then by number; not those never
+    checked) and its latest
     health changes (``HEALTH_HISTORY_LIMIT``, newest first). The caller has checked the user may view it."""
     order = Case(
         *(When(health=state, then=Value(-rank)) for state, rank in HEALTH_SEVERITY.items()), output_field=IntegerField()
     )
-    unhealthy = (
-        Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED).exclude(health=Health.HEALTHY)
-    )
+    live = Node.objects.filter(cluster_id=cluster.pk).exclude(status=Node.Status.DELETED)
+    # Unknown without a reason is a node not checked yet: noise here. Unknown with one is a check that could not
+    # tell (the provider could not be listed), which a user needs to see.
+    unhealthy = live.exclude(health=Health.HEALTHY).exclude(health=Health.UNKNOWN, health_message="")
     history = HealthEvent.objects.filter(cluster_id=cluster.pk).select_related("node")[:HEALTH_HISTORY_LIMIT]
     return {"cluster": cluster, "nodes": list(unhealthy.order_by(order, "number")), "history": list(history)}

@@ -225,6 +225,21 @@ class ScaleInForm(forms.Form):
         return {"count": self.cleaned_data["count"]}
 
 
+class RepairForm(forms.Form):
+    nodes = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="Leave empty to repair every degraded, unreachable or missing node; a picked node that is not "
+        "degraded is replaced.",
+    )  # fmt: skip
+
+    def __init__(self, *args: Any, nodes: list[tuple[int, str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["nodes"].choices = [(str(n), f"{n} {hostname} ({health})") for n, hostname, health in nodes]
+
+    def service_kwargs(self) -> dict[str, Any]:
+        return {"nodes": [int(number) for number in self.cleaned_data.get("nodes") or []]}
+
+
 class SyncForm(forms.Form):
     restart = forms.BooleanField(required=False, help_text="Restart services around the reconfigure.")
 

@@ -355,3 +355,8 @@ def live_nodes(cluster: Cluster) -> list[Node]:
 
 def node_numbers(cluster: Cluster) -> list[tuple[int, str]]:
     return [(node.number, node.hostname) for node in live_nodes(cluster)]
+
+
+def node_health(cluster: Cluster) -> list[tuple[int, str, str]]:
+    """(number, hostname, health) of every live node, for the repair form."""
+    return [(node.number, node.hostname, node.health) for node in live_nodes(cluster)]

@@ -354,6 +354,10 @@ def _scale_in_form(data: Any, cluster: Cluster, user: Any) -> forms.ScaleInForm:
     return forms.ScaleInForm(data, nodes=selectors.node_numbers(cluster))
 
 
+def _repair_form(data: Any, cluster: Cluster, user: Any) -> forms.RepairForm:
+    return forms.RepairForm(data, nodes=selectors.node_health(cluster))
+
+
 OPERATION_LIST = [
     Operation("abort", "Abort", "Abort the job", _plain(forms.EmptyForm), _job_preview,
               _job_run(cluster_abort, "Aborted"), danger=True),
@@ -374,6 +378,7 @@ OPERATION_LIST = [
     _day2("restart-services", day2.cluster_services_restart, "Restart services", _services_form(False), "Restart"),
     _day2("reconfigure", day2.cluster_reconfigure, "Reconfigure", _reconfigure_form, "Apply the config"),
     _day2("sync", day2.cluster_sync, "Sync to template", _plain(forms.SyncForm), "Sync"),
+    _day2("repair", day2.cluster_repair, "Repair", _repair_form, "Repair"),
     Operation("delete", "Delete", "Delete the cluster", _plain(forms.EmptyForm), _delete_preview,
               _job_run(cluster_delete, "Deleting"), danger=True),
 ]  # fmt: skip

@@ -145,3 +145,56 @@ def test_admin_action_previews_then_confirms_a_scale_out(shop, admin_a, admin_b,
     client.force_login(admin_b)  # another tenant's cluster is not in admin_b's changelist: nothing happens
     client.post(changelist, {**form, "apply": "Confirm"})
     assert Job.objects.filter(cluster=shop).count() == 2
+
+
+# --- health and repair ---------------------------------------------------------------------------------------
+
+
+def mark_missing(cluster: Cluster, number: int) -> Node:
+    """What a sweep records for a node whose machine is gone (the sweep itself: tests/clusters/test_health.py)."""
+    from clusters.models import Health
+
+    Node.objects.filter(cluster=cluster, number=number).update(
+        health=Health.MISSING, health_message="machine m-1 of node 1003 no longer exists", health_failures=2
+    )
+    Cluster.objects.filter(pk=cluster.pk).update(health=Health.MISSING, health_message="1 node missing: machine m-1")
+    return Node.objects.get(cluster=cluster, number=number)
+
+
+def test_health_shows_the_cluster_its_unhealthy_nodes_and_history(client_for, user_a, admin_b, shop):
+    from django.utils import timezone
+
+    from clusters.models import Health, HealthEvent
+
+    node = mark_missing(shop, 1003)
+    HealthEvent.objects.create(cluster=shop, node=node, previous="healthy", state="missing", message="gone",
+                               created_at=timezone.now())  # fmt: skip
+    answer = body(client_for(user_a).get(url(shop, "health")))
+    assert answer["health"] == {"state": "missing", "message": "1 node missing: machine m-1", "checked_at": None}
+    assert [(n["number"], n["health"]["state"], n["health"]["failures"]) for n in answer["nodes"]] == [
+        (1003, Health.MISSING, 2)]  # fmt: skip
+    assert answer["history"][0] | {"created_at": None} == {"node": 1003, "previous": "healthy", "state": "missing",
+                                                           "message": "gone", "created_at": None}  # fmt: skip
+    listed = body(client_for(user_a).get(f"{API}/clusters"))["results"][0]
+    assert listed["health"]["state"] == "missing"
+    nodes = body(client_for(user_a).get(url(shop, "nodes")))["results"]
+    assert {n["number"]: n["health"]["state"] for n in nodes}[1003] == "missing"
+    assert error_of(client_for(admin_b).get(url(shop, "health")), 404)["code"] == "not_found"
+
+
+def test_repair_previews_then_replaces_and_refuses_bad_input(client_for, user_a, admin_b, shop):
+    client = client_for(user_a)
+    error = error_of(client.post(url(shop, "repair"), {}, format="json"), 400)
+    assert "nothing to repair" in error["fields"]["nodes"][0]
+    assert "nodes" in error_of(client.post(url(shop, "repair"), {"nodes": ["77"]}, format="json"), 400)["fields"]
+    assert "nodes" in error_of(client.post(url(shop, "repair"), {"nodes": []}, format="json"), 400)["fields"]
+    mark_missing(shop, 1003)
+    assert error_of(client_for(admin_b).post(url(shop, "repair"), {}, format="json"), 404)["code"] == "not_found"
+    shown = body(client.post(url(shop, "repair") + "?preview=true", {}, format="json"))
+    assert shown["operation"] == "repair" and [r["number"] for r in shown["repair"]["replace"]] == [1003]
+    response = client.post(url(shop, "repair"), {}, format="json")
+    assert response.status_code == 202, response.content[:2000]
+    job = Job.objects.get(pk=body(response)["job"]["id"])
+    assert set(job.tasks.filter(action__in=["delete", "create"]).values_list("action", "node__number")) == {
+        ("delete", 1003), ("create", 1004)}  # fmt: skip
+    assert run_by_hand(job).status == Job.Status.COMPLETED

@@ -301,3 +301,28 @@ def test_the_cost_of_one_machine_is_singular(stack, tenant_a, admin_a, user_a):
     catalog_entity_save(tenant=tenant_a, user=admin_a, kind_key="clustertemplates", name=None, data=solo)
     page = text(signed_in(user_a).get("/"))
     assert re.search(r"about USD 0\.500 an hour at 1 machine</dd>", page), page
+
+
+def test_health_is_shown_and_a_repair_previewed_then_confirmed(stack, tenant_a, user_a, user_b):
+    from clusters.models import Health
+
+    cluster = active_cluster(user_a, tenant_a)
+    client = signed_in(user_a)
+    page = text(client.get(f"/clusters/{cluster.pk}/"))
+    assert 'id="cluster-health"' in page and "not checked yet" in page and 'id="health-banner"' not in page
+    assert f'href="/clusters/{cluster.pk}/repair/"' not in page  # nothing to repair
+    Node.objects.filter(cluster=cluster, number=1002).update(
+        health=Health.MISSING, health_message="machine <m-1> no longer exists"
+    )
+    Cluster.objects.filter(pk=cluster.pk).update(health=Health.MISSING, health_message="1 node missing: <m-1>",
+                                                 status=Cluster.Status.INCONSISTENT)  # fmt: skip
+    page = text(client.get(f"/clusters/{cluster.pk}/"))
+    assert 'id="health-banner"' in page and "1 node missing: &lt;m-1&gt;" in page
+    assert "machine &lt;m-1&gt; no longer exists" in page  # the node's own reason, escaped
+    assert f'href="/clusters/{cluster.pk}/repair/"' in page  # offered on an inconsistent cluster too
+    assert 'class="status health-missing"' in text(client.get("/clusters/"))
+    preview = text(client.post(f"/clusters/{cluster.pk}/repair/", {}))
+    assert "Replaced" in preview and "by node 1003" in preview and 'id="confirm-button"' in preview
+    client.post(f"/clusters/{cluster.pk}/repair/", {"confirm": "1"})
+    assert Job.objects.filter(cluster=cluster, operation="repair").count() == 1
+    assert signed_in(user_b).get(f"/clusters/{cluster.pk}/repair/").status_code == 404
