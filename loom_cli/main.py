@@ -3,7 +3,8 @@ operations, delete, and export or import a catalog.
 
 Exit codes, for scripts: 0 success; 1 the API refused (its error message is printed) or could not be reached;
 2 bad usage (wrong arguments, not logged in, an unreadable input file); 3 a job that ``--wait`` followed ended
-failed or aborted. ``--json`` prints the API's JSON answer on stdout instead of text (errors stay on stderr).
+failed or aborted; 4 ``catalog status`` found something that cannot launch; 5 ``health`` found the cluster not
+healthy. ``--json`` prints the API's JSON answer on stdout instead of text (errors stay on stderr).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from . import __version__, config
 from .client import ApiError, Client
 
-EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_NOT_LAUNCHABLE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_NOT_LAUNCHABLE, EXIT_UNHEALTHY = 0, 1, 2, 3, 4, 5
 ENDED = {"completed", "failed", "aborted"}
 BAR_WIDTH = 30
 
@@ -79,6 +80,7 @@ def cluster_text(cluster: dict[str, Any]) -> str:
         f"  template {cluster['template']['name']} v{cluster['template']['version']}, "
         f"provider {cluster['provider']['name']}, {cluster['size']} nodes, owner {cluster['owner']}",
         f"  services: {', '.join(cluster.get('services') or []) or '-'}",
+        f"  health: {_health(cluster.get('health'))}",
     ]
     if cluster.get("expires_at"):
         lines.append(f"  expires at {cluster['expires_at']}")
@@ -86,9 +88,31 @@ def cluster_text(cluster: dict[str, Any]) -> str:
         lines.append(f"  latest {progress_text(job)}" + (f": {job['message']}" if job.get("message") else ""))
     nodes = cluster.get("nodes")
     if nodes:
-        rows = [(node["number"], node["hostname"], node["status"], _address(node), ",".join(node.get("services", [])))
-                for node in nodes]  # fmt: skip
-        lines.append(table(rows, ["#", "HOSTNAME", "STATUS", "ADDRESS", "SERVICES"]))
+        rows = [(node["number"], node["hostname"], node["status"], (node.get("health") or {}).get("state", "-"),
+                 _address(node), ",".join(node.get("services", []))) for node in nodes]  # fmt: skip
+        lines.append(table(rows, ["#", "HOSTNAME", "STATUS", "HEALTH", "ADDRESS", "SERVICES"]))
+    return "\n".join(lines)
+
+
+def _health(health: dict[str, Any] | None) -> str:
+    if not health:
+        return "-"
+    checked = f" (checked {health['checked_at']})" if health.get("checked_at") else " (not checked yet)"
+    return health["state"] + (f": {health['message']}" if health.get("message") else "") + checked
+
+
+def health_text(data: dict[str, Any]) -> str:
+    lines = [f"health: {_health(data['health'])}"]
+    for node in data["nodes"]:
+        health = node["health"]
+        lines.append(f"  node {node['number']} {node['hostname']}: {health['state']}"
+                     + (f" ({health['failures']} sweeps in a row)" if health.get("failures") else ""))  # fmt: skip
+        lines += [f"    {line}" for line in (health.get("message") or "").splitlines()[:10]]
+    if data["history"]:
+        lines.append("history (newest first):")
+        for event in data["history"][:10]:
+            who = f"node {event['node']}" if event.get("node") is not None else "cluster"
+            lines.append(f"  {event['created_at']} {who}: {event['previous']} -> {event['state']}")
     return "\n".join(lines)
 
 
@@ -217,9 +241,10 @@ def _size_range(template: dict[str, Any]) -> str:
 def cmd_clusters(args: argparse.Namespace, client: Client) -> int:
     clusters = client.get_all("clusters", status=args.status, live=args.live)
     emit(args, clusters, lambda data: table(
-        [(item["id"], item["name"], item["status"], item["template"]["name"], item["size"], item["owner"],
-          _job_summary(item.get("latest_job"))) for item in data],
-        ["ID", "NAME", "STATUS", "TEMPLATE", "SIZE", "OWNER", "LATEST JOB"]))  # fmt: skip
+        [(item["id"], item["name"], item["status"], (item.get("health") or {}).get("state", "-"),
+          item["template"]["name"], item["size"], item["owner"], _job_summary(item.get("latest_job")))
+         for item in data],
+        ["ID", "NAME", "STATUS", "HEALTH", "TEMPLATE", "SIZE", "OWNER", "LATEST JOB"]))  # fmt: skip
     return EXIT_OK
 
 
@@ -232,6 +257,13 @@ def _job_summary(job: dict[str, Any] | None) -> str:
 def cmd_show(args: argparse.Namespace, client: Client) -> int:
     emit(args, client.get(f"clusters/{args.id}"), cluster_text)
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace, client: Client) -> int:
+    """The cluster's health; exit 5 when it is not healthy, so a script or a cron job can act on it."""
+    data = client.get(f"clusters/{args.id}/health")
+    emit(args, data, health_text)
+    return EXIT_OK if data["health"]["state"] == "healthy" else EXIT_UNHEALTHY
 
 
 def cmd_create(args: argparse.Namespace, client: Client) -> int:
@@ -330,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="loom", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Exit codes: 0 ok, 1 API error, 2 usage, 3 job failed.")  # fmt: skip
+                                     epilog="Exit codes: 0 ok, 1 API error, 2 usage, 3 job failed, "
+                                            "4 not launchable, 5 not healthy.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -366,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("id", type=int)
     delete.set_defaults(run=cmd_delete)
 
+    health = commands.add_parser("health", parents=[common], help="a cluster's health (exit 5 when not healthy)")
+    health.add_argument("id", type=int)
+    health.set_defaults(run=cmd_health)
+    repair = commands.add_parser("repair", parents=[previewing],
+                                 help="replace missing/unreachable nodes, restart failed services")  # fmt: skip
+    repair.add_argument("--nodes", nargs="+", help="node numbers or hostnames (default: every unhealthy node)")
+    repair.set_defaults(run=day2("repair", lambda a: {"nodes": a.nodes} if a.nodes else {}))
     scale_out = commands.add_parser("scale-out", parents=[previewing], help="add COUNT nodes")
     scale_out.add_argument("count", type=int)
     scale_out.set_defaults(run=day2("scale-out", lambda a: {"count": a.count}))

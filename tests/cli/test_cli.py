@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from clusters.features.health import health_sweep
 from clusters.models import Cluster, Node
-from providers.models import Provider
+from providers.models import FakeMachine, Provider
 from templates_app.services import catalog_import
 from tenants.services import api_token_create
 from tests.clusters.workers import catalog, machines
@@ -93,11 +95,29 @@ def test_create_scale_out_and_delete_a_cluster_from_the_command_line(workers, se
     assert shown["size"] == 5 and shown["latest_job"]["operation"] == "scale_out"
     assert "web" in loom("clusters").stdout and "web-" in loom("show", str(cluster_id)).stdout
 
+    # Health: exit 5 until it is healthy; a machine deleted out of band is missing, and a repair replaces it.
+    assert "not checked yet" in loom("health", str(cluster_id), code=5).stdout
+    health_sweep()
+    assert "health: healthy" in loom("health", str(cluster_id)).stdout
+    gone = Node.objects.filter(cluster_id=cluster_id).order_by("number").last()
+    FakeMachine.objects.filter(machine_id=gone.machine_id).update(deleted_at=timezone.now())
+    Cluster.objects.filter(pk=cluster_id).update(health_due_at=None)
+    health_sweep()
+    unhealthy = loom("health", str(cluster_id), code=5).stdout
+    assert (
+        f"node {gone.number} {gone.hostname}: missing (1 sweeps in a row)" in unhealthy
+        and "no longer exists" in unhealthy
+    )
+    assert "HEALTH" in loom("clusters").stdout and "missing" in loom("clusters").stdout
+    assert loom.json("repair", str(cluster_id), "--preview")["repair"]["replace"][0]["number"] == gone.number
+    repaired = loom.json("repair", str(cluster_id), "--wait", "--interval", "0.2")
+    assert repaired["job"]["status"] == "completed" and repaired["cluster"]["status"] == "active"
+
     deleted = loom.json("delete", str(cluster_id), "--wait", "--interval", "0.2")
     assert deleted["job"]["status"] == "completed" and deleted["cluster"]["status"] == "terminated"
     assert Cluster.objects.get(pk=cluster_id).status == "terminated"
     made = machines(Provider.objects.get(name="fakecloud"))
-    assert made.count() == 5 and not made.filter(deleted_at__isnull=True).exists()  # one per node, all deleted
+    assert made.count() == 6 and not made.filter(deleted_at__isnull=True).exists()  # one per node, all deleted
 
     # A job that fails: exit 3, with the job's message; the cluster is shown as it ended.
     failed = loom("create", "bad", "--template", "fleet", "--size", "1", "--provider", "brokencloud",

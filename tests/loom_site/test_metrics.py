@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from clusters.engine.core import job_start, task_claim
-from clusters.models import Task, TaskAttempt
+from clusters.models import Node, Task, TaskAttempt
 from loom_site.logging import JsonFormatter
 from loom_site.metrics import DURATION_BUCKETS, SCRAPE_QUERIES, collect
 from providers.secrets import RedactingFilter, register_secrets
@@ -73,12 +73,18 @@ def scrape(client: Client, **headers: str) -> Any:
 def test_metrics_show_jobs_tasks_attempts_durations_queues_and_workers(engine_run, superuser):
     client = Client()
     client.force_login(superuser)
+    done_nodes = Node.objects.filter(cluster__jobs=engine_run["done"])
+    Node.objects.filter(pk__in=done_nodes.values("pk")[:1]).update(status="active", health="degraded")
     response = scrape(client)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = parse(response.content.decode())
 
     assert value(samples, "loom_clusters", tenant="acme", status="active") == 1
+    live = Node.objects.filter(status="active", cluster__status__in=["active", "pending"])
+    assert value(samples, "loom_node_health", tenant="acme", state="degraded") == 1
+    assert value(samples, "loom_node_health", tenant="acme", state="unknown") == live.count() - 1  # not swept yet
+    assert value(samples, "loom_node_health", tenant="acme", state="missing") == 0  # every state, 0 included
     assert value(samples, "loom_jobs", operation="create", status="completed") == 1
     assert value(samples, "loom_jobs", operation="create", status="running") == 1
     done = Task.objects.filter(job=engine_run["done"]).exclude(action="join")
