@@ -96,3 +96,16 @@ def test_engine_scale_completes_a_create_and_reports_time_and_memory() -> None:
     peak = number_after("worker peak memory (VmHWM)", output)
     warm = number_after("worker memory once warm (VmRSS)", output)
     assert peak >= warm > 0
+
+
+def test_health_sweeps_a_provider_with_one_listing_and_queries_that_do_not_follow_the_nodes() -> None:
+    output = run_quick("health")
+    rows = re.findall(rf"^(first \(all change\)|steady \(no change\)|1% missing)\s+(\d+)\s+{NUMBER} s\s+{NUMBER} s\s+"
+                      r"(\d+)\s+(\d+)", output, re.M)  # fmt: skip
+    assert [(name, int(nodes)) for name, nodes, *_ in rows] == [
+        ("first (all change)", 200), ("first (all change)", 20), ("steady (no change)", 200),
+        ("steady (no change)", 20), ("1% missing", 200), ("1% missing", 20)], output  # fmt: skip
+    assert all(int(listings) == 1 for *_, listings in rows)  # one provider listing per sweep
+    steady = [int(queries) for name, _, _, _, queries, _ in rows if name.startswith("steady")]
+    assert steady[0] == steady[1], output  # ten times the nodes, the same queries
+    assert re.search(r"^goal: under 5 s of CPU for 200 nodes: worst \d+\.\d+ s \((met|NOT met)\)$", output, re.M)
