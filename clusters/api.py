@@ -12,7 +12,7 @@
 - ``POST /clusters/preview``: what a create would do, nothing created.
 - Day-2 operations (``clusters.services.day2``), each ``?preview=true`` for what it would do (200) and 202 +
   job otherwise: ``POST /clusters/{id}/config``, ``/services/start|stop|restart``, ``/services`` (add),
-  ``/services/remove``, ``/scale-out``, ``/scale-in``, ``/sync``, ``/repair``; ``GET /health``.
+  ``/services/remove``, ``/scale-out``, ``/scale-in``, ``/sync``, ``/repair``; ``GET /health``, ``GET /inventory``.
 
 Users see and act on their own clusters and those shared with them (guardian grants), tenant admins on all
 of the tenant's; another tenant's cluster, job or task is a 404. Every list costs a constant number of
@@ -43,7 +43,14 @@ from rest_framework.views import APIView
 from clusters.features.leases import cluster_lease
 from clusters.models import Cluster, IdempotencyRecord, Job, Task, TaskAttempt
 from clusters.planning.planner import Action
-from clusters.selectors import cluster_get, cluster_health, clusters_for, job_progress, latest_jobs
+from clusters.selectors import (
+    cluster_get,
+    cluster_health,
+    cluster_inventory,
+    clusters_for,
+    job_progress,
+    latest_jobs,
+)
 from clusters.serializers import (
     ClusterCreateInputSerializer,
     ClusterDetailSerializer,
@@ -434,6 +441,14 @@ class ClusterViewSet(OperationMixin, TenantScopedMixin, viewsets.GenericViewSet)
     def health(self, request: Request, pk: str) -> Response:
         """The cluster's health, its nodes that are not healthy (worst first) and its latest health changes."""
         return Response(ClusterHealthSerializer(cluster_health(cluster=self.get_object())).data)
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["get"], url_path="inventory", filter_backends=[], filterset_class=None)
+    def inventory(self, request: Request, pk: str) -> Response:
+        """The live nodes as an Ansible JSON inventory (what an inventory script answers to ``--list``): a
+        group per service and per role, ``_meta.hostvars`` with address, SSH port and user, services and the
+        pinned host key. ``loom inventory ID`` prints it; docs/api.md shows ``ansible-inventory -i`` on it."""
+        return Response(cluster_inventory(cluster=self.get_object()))
 
     @extend_schema(request=LeaseExtendInputSerializer, responses=ClusterDetailSerializer)
     @action(detail=True, methods=["post"], url_path="lease")

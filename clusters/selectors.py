@@ -7,6 +7,7 @@ is "not found", never "forbidden".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,3 +132,46 @@ def cluster_health(*, cluster: Cluster) -> dict[str, Any]:
     unhealthy = live.exclude(health=Health.HEALTHY).exclude(health=Health.UNKNOWN, health_message="")
     history = HealthEvent.objects.filter(cluster_id=cluster.pk).select_related("node")[:HEALTH_HISTORY_LIMIT]
     return {"cluster": cluster, "nodes": list(unhealthy.order_by(order, "number")), "history": list(history)}
+
+
+def _group(name: str) -> str:
+    """An Ansible group name (letters, digits and underscores, not starting with a digit)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"_{cleaned}"
+
+
+def cluster_inventory(*, cluster: Cluster) -> dict[str, Any]:
+    """The cluster's live nodes as an Ansible JSON inventory (the ``--list`` answer of an inventory script):
+    a group per service (``nginx``), per role (``role_base_nginx``: the nodes with exactly those services) and
+    ``loom_<cluster>`` for them all; ``_meta.hostvars`` per node: how to reach it (``ansible_host``,
+    ``ansible_port``, ``ansible_user``) and what Loom knows of it (number, services, addresses, pinned host key,
+    health). Hosts are the nodes' hostnames. No credential is in it: SSH keys stay where the provider put them."""
+    nodes = list(Node.objects.filter(cluster_id=cluster.pk, status=Node.Status.ACTIVE).order_by("number"))
+    groups: dict[str, list[str]] = {}
+    hostvars: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        addresses = node.ip_addresses or {}
+        hostvars[node.hostname] = {
+            "ansible_host": addresses.get("access_v4", ""),
+            "ansible_port": node.ssh_port or 22,
+            "ansible_user": node.ssh_user or "root",
+            "loom_node": node.number,
+            "loom_services": sorted(node.services),
+            "loom_bind_v4": addresses.get("bind_v4", addresses.get("access_v4", "")),
+            "loom_host_key": node.host_key,
+            "loom_health": node.health,
+        }
+        for service in sorted(node.services):
+            groups.setdefault(_group(service), []).append(node.hostname)
+        groups.setdefault(_group("role_" + "_".join(sorted(node.services)) if node.services else "role_none"),
+                          []).append(node.hostname)  # fmt: skip
+    everything = _group(f"loom_{cluster.name}")
+    inventory: dict[str, Any] = {
+        "_meta": {"hostvars": hostvars},
+        "all": {"children": ["ungrouped", everything, *sorted(groups)],
+                "vars": {"loom_cluster": cluster.name, "loom_cluster_id": cluster.pk}},
+        everything: {"hosts": [node.hostname for node in nodes]},
+        "ungrouped": {"hosts": []},
+    }  # fmt: skip
+    inventory.update({name: {"hosts": hosts} for name, hosts in sorted(groups.items())})
+    return inventory

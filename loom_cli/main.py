@@ -266,6 +266,29 @@ def cmd_health(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK if data["health"]["state"] == "healthy" else EXIT_UNHEALTHY
 
 
+def cmd_inventory(args: argparse.Namespace, client: Client) -> int:
+    """The cluster as an Ansible JSON inventory on stdout, so ``loom inventory ID`` (or the two-line script
+    ``deploy/loom-inventory``) is an inventory script: ``--list`` is the default, ``--host`` answers ``{}``
+    (every host's variables are in ``_meta``). ``--known-hosts FILE`` writes the host keys Loom pinned at
+    create to FILE and points every host's SSH at it with strict checking, so Ansible trusts exactly the
+    machines Loom made."""
+    if args.host:
+        print("{}")
+        return EXIT_OK
+    inventory = client.get(f"clusters/{args.id}/inventory")
+    if args.known_hosts:
+        lines = []
+        for variables in inventory["_meta"]["hostvars"].values():
+            if variables.get("loom_host_key") and variables.get("ansible_host"):
+                host, port = variables["ansible_host"], int(variables.get("ansible_port") or 22)
+                lines.append(f"{host if port == 22 else f'[{host}]:{port}'} {variables['loom_host_key'].strip()}")
+                variables["ansible_ssh_common_args"] = (f"-o UserKnownHostsFile={args.known_hosts} "
+                                                        "-o StrictHostKeyChecking=yes")  # fmt: skip
+        Path(args.known_hosts).write_text("".join(f"{line}\n" for line in lines))
+    print(json.dumps(inventory, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
 def cmd_create(args: argparse.Namespace, client: Client) -> int:
     body: dict[str, Any] = {"name": args.name, "clusterTemplate": args.template, "numMachines": args.size}
     for key, value in (("provider", args.provider), ("hardwaretype", args.hardwaretype),
@@ -399,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("id", type=int)
     delete.set_defaults(run=cmd_delete)
 
+    inventory = commands.add_parser("inventory", parents=[common], help="a cluster as an Ansible JSON inventory")
+    inventory.add_argument("id", type=int)
+    inventory.add_argument("--list", action="store_true", help="the whole inventory (the default; Ansible asks so)")
+    inventory.add_argument("--host", help="one host's variables: {} (they are all in _meta)")
+    inventory.add_argument("--known-hosts", help="write the pinned SSH host keys here and make SSH check them")
+    inventory.set_defaults(run=cmd_inventory)
     health = commands.add_parser("health", parents=[common], help="a cluster's health (exit 5 when not healthy)")
     health.add_argument("id", type=int)
     health.set_defaults(run=cmd_health)

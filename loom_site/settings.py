@@ -236,6 +236,7 @@ SPECTACULAR_SETTINGS = {
         "NodeStatusEnum": "clusters.models.Node.Status",
         "JobStatusEnum": "clusters.models.Job.Status",
         "TaskStatusEnum": "clusters.models.Task.Status",
+        "HealthEnum": "clusters.models.Health",
     },
 }
 

@@ -198,3 +198,16 @@ def test_repair_previews_then_replaces_and_refuses_bad_input(client_for, user_a,
     assert set(job.tasks.filter(action__in=["delete", "create"]).values_list("action", "node__number")) == {
         ("delete", 1003), ("create", 1004)}  # fmt: skip
     assert run_by_hand(job).status == Job.Status.COMPLETED
+
+
+def test_inventory_groups_nodes_by_service_and_role_for_ansible(client_for, user_a, admin_b, shop):
+    inventory = body(client_for(user_a).get(url(shop, "inventory")))
+    nodes = {n.hostname: n for n in Node.objects.filter(cluster=shop)}
+    assert sorted(inventory["loom_shop"]["hosts"]) == sorted(nodes)
+    assert set(inventory["all"]["children"]) >= {"ungrouped", "loom_shop", "base", "db", "web", "lb", "role_base_web"}
+    assert inventory["all"]["vars"] == {"loom_cluster": "shop", "loom_cluster_id": shop.pk}
+    (db,) = [n for n in nodes.values() if "db" in n.services]
+    assert inventory["db"]["hosts"] == [db.hostname]
+    assert inventory["_meta"]["hostvars"][db.hostname]["ansible_host"] == db.ip_addresses.get("access_v4", "")
+    assert inventory["_meta"]["hostvars"][db.hostname]["loom_services"] == sorted(db.services)
+    assert error_of(client_for(admin_b).get(url(shop, "inventory")), 404)["code"] == "not_found"
