@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,13 +64,35 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
                      for row in cells)  # fmt: skip
 
 
-def progress_text(job: dict[str, Any]) -> str:
+def progress_text(job: dict[str, Any], now: datetime | None = None) -> str:
+    """``job 7 create [####------] 40.0% 44/110 tasks  stage 3/8  ETA 1m05s  running``: stage and ETA while it
+    runs. The plan's stages are the steps of its critical path (every task's depth in the DAG), so the time
+    the finished stages took per stage, times the stages left, estimates what is left of the longest path."""
     progress = job.get("progress") or {}
     percent = float(progress.get("percent") or 0)
     filled = int(BAR_WIDTH * percent / 100)
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    return (f"job {job['id']} {job['operation']} [{bar}] {percent:5.1f}% "
-            f"{progress.get('completed', 0)}/{progress.get('total', 0)} tasks  {job['status']}")  # fmt: skip
+    text = (f"job {job['id']} {job['operation']} [{bar}] {percent:5.1f}% "
+            f"{progress.get('completed', 0)}/{progress.get('total', 0)} tasks")  # fmt: skip
+    stage, stages = progress.get("stage"), int(progress.get("stages") or 0)
+    if job["status"] not in ENDED and stage is not None and stages:
+        text += f"  stage {stage + 1}/{stages}"
+        eta = _eta(job.get("started_at"), stage, stages, now or datetime.now(UTC))
+        text += f"  ETA {eta}" if eta else ""
+    return f"{text}  {job['status']}"
+
+
+def _eta(started_at: str | None, stage: int, stages: int, now: datetime) -> str:
+    """Time left on the critical path at the pace of the stages done so far; empty before the first is done."""
+    if not started_at or stage <= 0:
+        return ""
+    try:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    left = max(0.0, (now - started).total_seconds() / stage * (stages - stage))
+    minutes, seconds = divmod(round(left), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def cluster_text(cluster: dict[str, Any]) -> str:
@@ -266,6 +289,49 @@ def cmd_health(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK if data["health"]["state"] == "healthy" else EXIT_UNHEALTHY
 
 
+def cmd_watch(args: argparse.Namespace, client: Client) -> int:
+    """Follow the cluster's latest job (one started elsewhere: the page, another script, the auto-repair
+    policy) with the live progress line; exit 3 when it does not complete."""
+    cluster = client.get(f"clusters/{args.id}")
+    job = cluster.get("latest_job")
+    if not job:
+        raise UsageError(f"cluster {args.id} has no job to watch")
+    args.wait = True
+    return operate(args, client, {"cluster": cluster, "job": client.get(f"jobs/{job['id']}")})
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A bash completion script for ``loom``, from the parser itself (``source <(loom completion bash)``)."""
+    print(bash_completion(build_parser()))
+    return EXIT_OK
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    commands: dict[str, list[str]] = {}
+    for action in parser._actions:  # argparse keeps subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                options = [o for a in sub._actions for o in a.option_strings]
+                for inner in sub._actions:
+                    if isinstance(inner, argparse._SubParsersAction):
+                        options += list(inner.choices)
+                commands[name] = sorted(set(options))
+    cases = "\n".join(f'        {name}) words="{" ".join(options)}" ;;' for name, options in sorted(commands.items()))
+    return f"""# bash completion for loom: source <(loom completion bash)
+_loom() {{
+    local current=${{COMP_WORDS[COMP_CWORD]}} words
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        words="{" ".join(sorted(commands))} --version --help"
+    else
+        case "${{COMP_WORDS[1]}}" in
+{cases}
+        esac
+    fi
+    COMPREPLY=($(compgen -W "$words" -- "$current"))
+}}
+complete -F _loom loom"""
+
+
 def cmd_inventory(args: argparse.Namespace, client: Client) -> int:
     """The cluster as an Ansible JSON inventory on stdout, so ``loom inventory ID`` (or the two-line script
     ``deploy/loom-inventory``) is an inventory script: ``--list`` is the default, ``--host`` answers ``{}``
@@ -375,7 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print the API's JSON answer")
     common.add_argument("--tenant", help="act in this tenant (X-Loom-Tenant); default: the saved one")
     waiting = argparse.ArgumentParser(add_help=False)
-    waiting.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    waiting.add_argument(
+        "--wait",
+        "--watch",
+        action="store_true",
+        dest="wait",
+        help="follow the job until it ends: a live line with tasks done, stage and ETA",
+    )
     waiting.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
     waiting.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     waiting.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it goes to stderr)")
@@ -428,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_argument("--host", help="one host's variables: {} (they are all in _meta)")
     inventory.add_argument("--known-hosts", help="write the pinned SSH host keys here and make SSH check them")
     inventory.set_defaults(run=cmd_inventory)
+    watch = commands.add_parser("watch", parents=[common, waiting], help="follow a cluster's latest job")
+    watch.add_argument("id", type=int)
+    watch.set_defaults(run=cmd_watch)
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash"])
+    completion.set_defaults(run=cmd_completion, needs_client=False)
     health = commands.add_parser("health", parents=[common], help="a cluster's health (exit 5 when not healthy)")
     health.add_argument("id", type=int)
     health.set_defaults(run=cmd_health)

@@ -110,8 +110,11 @@ def test_create_scale_out_and_delete_a_cluster_from_the_command_line(workers, se
     )
     assert "HEALTH" in loom("clusters").stdout and "missing" in loom("clusters").stdout
     assert loom.json("repair", str(cluster_id), "--preview")["repair"]["replace"][0]["number"] == gone.number
-    repaired = loom.json("repair", str(cluster_id), "--wait", "--interval", "0.2")
-    assert repaired["job"]["status"] == "completed" and repaired["cluster"]["status"] == "active"
+    started = loom.json("repair", str(cluster_id))
+    assert started["job"]["operation"] == "repair"
+    watched = loom("watch", str(cluster_id), "--interval", "0.2")  # a job started elsewhere, followed to its end
+    assert f"job {started['job']['id']} repair [" in watched.stderr and watched.stderr.rstrip().endswith("completed")
+    assert f"cluster {cluster_id} web: active" in watched.stdout
 
     deleted = loom.json("delete", str(cluster_id), "--wait", "--interval", "0.2")
     assert deleted["job"]["status"] == "completed" and deleted["cluster"]["status"] == "terminated"
@@ -188,3 +191,27 @@ def test_tables_never_print_control_characters_from_the_catalog():
     shown = table([("lamp", "\x1b]0;owned\x07 a web stack\r\n")], ["NAME", "DESCRIPTION"])
     assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
     assert "?]0;owned? a web stack" in shown
+
+
+def test_the_progress_line_shows_the_stage_and_an_eta_from_the_stages_done():
+    from datetime import UTC, datetime
+
+    from loom_cli.main import progress_text
+
+    job = {"id": 7, "operation": "create", "status": "running", "started_at": "2026-01-01T00:00:00Z",
+           "progress": {"percent": 40.0, "completed": 44, "total": 110, "stage": 3, "stages": 8}}  # fmt: skip
+    line = progress_text(job, now=datetime(2026, 1, 1, 0, 0, 39, tzinfo=UTC))
+    # 3 stages took 39 s: 13 s a stage, 5 stages left.
+    assert line.endswith("44/110 tasks  stage 4/8  ETA 1m05s  running"), line
+    assert "ETA" not in progress_text({**job, "progress": {**job["progress"], "stage": 0}})  # no pace yet
+    assert progress_text({**job, "status": "completed"}).endswith("tasks  completed")
+
+
+def test_watch_is_wait_and_bash_completion_knows_the_commands_and_their_options(loom, tmp_path):
+    assert "--watch" in loom("create", "--help").stdout and "--watch" in loom("repair", "--help").stdout
+    script = tmp_path / "loom.bash"
+    script.write_text(loom("completion", "bash").stdout)
+    probe = (f"source {script}; COMP_WORDS=(loom inv); COMP_CWORD=1; _loom; echo \"${{COMPREPLY[*]}}\"; "
+             "COMP_WORDS=(loom repair --no); COMP_CWORD=2; _loom; echo \"${COMPREPLY[*]}\"")  # fmt: skip
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.splitlines() == ["inventory", "--nodes"]
