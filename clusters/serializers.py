@@ -184,7 +184,13 @@ class JobSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="job-detail")
     tasks_url = serializers.HyperlinkedIdentityField(view_name="job-tasks")
     cluster = serializers.PrimaryKeyRelatedField(read_only=True)
-    requested_by = serializers.CharField(source="requested_by.username", default=None, read_only=True)
+    requested_by = serializers.CharField(
+        source="requested_by.username",
+        default=None,
+        allow_null=True,
+        read_only=True,
+        help_text="Who asked for it; null for a job Loom started itself.",
+    )
     progress = serializers.SerializerMethodField()
 
     class Meta:

@@ -151,7 +151,13 @@ class ApiTokenViewSet(
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
-    actor = serializers.CharField(source="actor.username", default=None, read_only=True)
+    actor = serializers.CharField(
+        source="actor.username",
+        default=None,
+        allow_null=True,
+        read_only=True,
+        help_text="Who did it; null for Loom itself.",
+    )
 
     class Meta:
         model = AuditEvent
