@@ -282,6 +282,10 @@ class Task(models.Model):
         return self.action == Action.JOIN
 
 
+UNFINISHED_JOB_STATUSES = (Job.Status.NOT_STARTED, Job.Status.RUNNING, Job.Status.PAUSED)
+"""A job in one of these has not ended: no other job may start on its cluster, and the health sweep leaves it."""
+
+
 class TaskEdge(models.Model):
     """``successor`` waits for ``predecessor``. Both foreign keys are indexed: finish walks successors of a
     task, retry counts the unfinished predecessors of a task."""

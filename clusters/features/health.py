@@ -50,7 +50,7 @@ from clusters.engine.pins import pinned_service_documents
 from clusters.engine.runner import expanded_inputs
 from clusters.engine.signals import JobEvent, JobEventData, send_job_event
 from clusters.engine.state import transition
-from clusters.models import HEALTH_SEVERITY, Cluster, Health, HealthEvent, Job, Node, Task
+from clusters.models import HEALTH_SEVERITY, UNFINISHED_JOB_STATUSES, Cluster, Health, HealthEvent, Job, Node, Task
 from providers.drivers import DriverError
 from providers.drivers.base import Machine
 from providers.models import Provider
@@ -66,7 +66,6 @@ STOPPED_STATES = frozenset({"stopped", "stopping", "suspended", "paused", "shuto
 """Provider words for a machine that exists but does not run."""
 DRIFT_PREFIX = "drift: "
 """How a status message the sweep wrote begins, so the sweep only ever clears its own."""
-ACTIVE_JOBS = (Job.Status.NOT_STARTED, Job.Status.RUNNING, Job.Status.PAUSED)
 MESSAGE_LIMIT = 2048
 
 
@@ -149,13 +148,9 @@ def _check_actions(documents: Mapping[str, Mapping[str, Any]], node: Node) -> li
     return checks
 
 
-def needs_session(documents: Mapping[str, Mapping[str, Any]], node: Node) -> bool:
+def needs_session(cluster: Cluster, node: Node) -> bool:
     """A node is reached over SSH when any of its services uses an SSH automator (as its bootstrap does)."""
-    for service in node.services:
-        for definition in (((documents.get(service) or {}).get("provisioner") or {}).get("actions") or {}).values():
-            if definition.get("type") in automation.AUTOMATORS:
-                return True
-    return False
+    return bool(automation.automator_types(cluster, node) & automation.AUTOMATORS.keys())
 
 
 def node_finding(cluster: Cluster, node: Node, peers: list[Node], timeout: float) -> Finding:
@@ -304,7 +299,7 @@ class SweepReport:
 
 
 def due_clusters(now: datetime) -> list[Cluster]:
-    busy = Job.objects.filter(cluster_id=OuterRef("pk"), status__in=ACTIVE_JOBS)
+    busy = Job.objects.filter(cluster_id=OuterRef("pk"), status__in=UNFINISHED_JOB_STATUSES)
     return list(
         Cluster.objects.filter(status__in=(Cluster.Status.ACTIVE, Cluster.Status.INCONSISTENT))
         .filter(Q(health_due_at__isnull=True) | Q(health_due_at__lte=now))
@@ -348,8 +343,7 @@ def health_sweep(*, now: datetime | None = None) -> SweepReport:
             report.clusters += 1
             report.nodes += len(nodes)
             findings = _provider_findings(nodes, machines, provider_name)
-            documents = pinned_service_documents(cluster, cluster.services)
-            remote = [n.pk for n in nodes if findings.get(n.pk) is None and needs_session(documents, n)]
+            remote = [n.pk for n in nodes if findings.get(n.pk) is None and needs_session(cluster, n)]
             for node in nodes:
                 if findings.get(node.pk) is None and node.pk not in remote:
                     findings[node.pk] = HEALTHY

@@ -26,7 +26,14 @@ from clusters.engine.pins import current_service_versions, pinned_service_docume
 from clusters.engine.state import transition
 from clusters.features.hooks import JobRequest, check_job_start
 from clusters.features.leases import LeasePolicy, lease_end
-from clusters.models import DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_TIMEOUT_SECONDS, Cluster, Job, Node
+from clusters.models import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
+    UNFINISHED_JOB_STATUSES,
+    Cluster,
+    Job,
+    Node,
+)
 from clusters.planning.planner import Operation, Plan, PlanError, plan, staged
 from clusters.planning.specs import NodeSpec, service_spec
 from clusters.selectors import cluster_require, live_clusters
@@ -39,7 +46,7 @@ from tenants.models import Tenant
 from tenants.selectors import user_role
 from tenants.services import audit
 
-ACTIVE_JOB_STATUSES = (Job.Status.NOT_STARTED, Job.Status.RUNNING, Job.Status.PAUSED)
+ACTIVE_JOB_STATUSES = UNFINISHED_JOB_STATUSES
 
 
 # --- quotas --------------------------------------------------------------------------------------------------

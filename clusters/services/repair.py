@@ -19,8 +19,8 @@ from typing import Any
 from celery import shared_task
 from django.utils import timezone
 
-from clusters.features.health import ACTIVE_JOBS, health_sweep
-from clusters.models import Cluster, Job, Node
+from clusters.features.health import health_sweep
+from clusters.models import UNFINISHED_JOB_STATUSES, Cluster, Job, Node
 from clusters.planning.planner import Operation
 from clusters.services.day2 import cluster_repair
 from tenants.errors import ApplicationError
@@ -35,10 +35,11 @@ class RepairPolicy:
 
 
 def repair_policy(template_document: dict[str, Any]) -> RepairPolicy | None:
+    """The template's ``administration.autorepair`` (the codec stores both keys, defaults filled in)."""
     section = (template_document.get("administration") or {}).get("autorepair")
     if not section:
         return None
-    return RepairPolicy(after=int(section.get("after") or 2), per_hour=int(section.get("maxperhour", 1)))
+    return RepairPolicy(after=section["after"], per_hour=section["maxperhour"])
 
 
 @dataclass
@@ -68,7 +69,7 @@ def autorepair_run(*, now: datetime | None = None) -> AutoRepairReport:
         )
         if not due:
             continue
-        if Job.objects.filter(cluster_id=cluster.pk, status__in=ACTIVE_JOBS).exists():
+        if Job.objects.filter(cluster_id=cluster.pk, status__in=UNFINISHED_JOB_STATUSES).exists():
             report.held[cluster.pk] = "another job runs on the cluster"
             continue
         recent = Job.objects.filter(cluster_id=cluster.pk, operation=Operation.REPAIR, requested_by__isnull=True,

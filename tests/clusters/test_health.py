@@ -319,3 +319,22 @@ def test_the_template_sets_the_interval(tenant_a, admin_a):
     sweep()
     cluster.refresh_from_db()
     assert timedelta(hours=1, minutes=59) < cluster.health_due_at - cluster.health_checked_at <= timedelta(hours=2)
+
+
+def test_a_health_check_never_connects_to_an_address_the_egress_policy_refuses(
+    stack, tenant_a, admin_a, settings, monkeypatch
+):
+    """A hostile provider (or tenant admin) reporting Loom's own database as a node's address: the SSH check
+    is refused before any connection, and the node is unreachable saying why."""
+    from clusters.engine import automation
+
+    settings.LOOM_EGRESS_ALLOW_NETWORKS = []  # production's policy
+    cluster = live_cluster(admin_a, tenant_a)
+    node = nodes(cluster)[0]
+    Node.objects.filter(pk=node.pk).update(ip_addresses={"access_v4": "127.0.0.1", "bind_v4": "127.0.0.1"},
+                                           ssh_port=5432, credentials_ref="resource:key")  # fmt: skip
+    node.refresh_from_db()
+    monkeypatch.setattr(automation, "open_session", lambda *a, **k: pytest.fail("connected to a refused address"))
+    finding = health.node_finding(cluster, node, nodes(cluster), timeout=5)
+    assert finding.state == Health.UNREACHABLE and "does not answer over SSH" in finding.message
+    assert "127.0.0.1:5432 is refused by the egress policy" in finding.message
