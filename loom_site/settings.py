@@ -12,6 +12,7 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from cryptography.fernet import Fernet
@@ -76,6 +77,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Single sign-on sessions go past the identity provider again every LOOM_OIDC_RENEW_SECONDS (tenants/sso.py).
+    "tenants.sso.SessionRefresh",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into loom_site.abuse.locked_out's 429.
@@ -94,6 +97,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.sso.sign_in_options",
             ],
         },
     },
@@ -121,7 +125,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out username and address before any password is checked (loom_site/abuse.py).
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Username and password, unless LOOM_PASSWORD_LOGIN turns it off (tenants/sso.py).
+    "tenants.sso.PasswordBackend",
+    # OpenID Connect single sign-on, when LOOM_OIDC_ISSUER is set; answers only its own callback.
+    "tenants.sso.SingleSignOnBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous requests see nothing
@@ -142,6 +149,55 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+
+# Single sign-on with OpenID Connect (tenants/sso.py, tenants/identity.py). Setting LOOM_OIDC_ISSUER turns it
+# on; the endpoints come from the issuer's discovery document. Register Loom at the provider with the
+# redirect URI https://<loom>/oidc/callback/. The groups claim maps to memberships at every sign-in:
+# "<prefix>:<tenant>:admin" or "<prefix>:<tenant>:user".
+LOOM_OIDC_ISSUER = env.str("LOOM_OIDC_ISSUER", default="").rstrip("/")
+LOOM_OIDC_NAME = env.str("LOOM_OIDC_NAME", default="single sign-on")  # the button says "Sign in with <name>"
+LOOM_OIDC_GROUPS_CLAIM = env.str("LOOM_OIDC_GROUPS_CLAIM", default="groups")
+LOOM_OIDC_GROUP_PREFIX = env.str("LOOM_OIDC_GROUP_PREFIX", default="loom")
+LOOM_OIDC_USERNAME_CLAIM = env.str("LOOM_OIDC_USERNAME_CLAIM", default="preferred_username")
+# on: passwords work; off: only single sign-on; superusers: a password only for Loom's superusers (break-glass).
+LOOM_PASSWORD_LOGIN = env.str("LOOM_PASSWORD_LOGIN", default="on")
+# What mozilla-django-oidc reads (it wants these names).
+OIDC_RP_CLIENT_ID = env.str("LOOM_OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("LOOM_OIDC_CLIENT_SECRET", default="")
+OIDC_RP_SCOPES = env.str("LOOM_OIDC_SCOPES", default="openid email profile groups")
+OIDC_RP_SIGN_ALGO = env.str("LOOM_OIDC_SIGN_ALGO", default="RS256")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.int("LOOM_OIDC_TIMEOUT_SECONDS", default=10)
+OIDC_VERIFY_SSL = env.bool("LOOM_OIDC_VERIFY_TLS", default=True)
+# A single sign-on session re-applies the groups claim this often (a silent round trip to the provider).
+OIDC_RENEW_ID_TOKEN_EXPIRY_SECONDS = env.int("LOOM_OIDC_RENEW_SECONDS", default=900)
+OIDC_REDIRECT_REQUIRE_HTTPS = False  # "next" must stay on this host either way; HTTPS is the proxy's concern
+LOGIN_REDIRECT_URL_FAILURE = "/login/"
+
+
+def _check_sign_in_settings() -> None:
+    """Refuse at start-up what would fail at the first sign-in or lock everyone out."""
+    modes = ("on", "off", "superusers")
+    if LOOM_PASSWORD_LOGIN not in modes:
+        raise ImproperlyConfigured(f"LOOM_PASSWORD_LOGIN must be one of {', '.join(modes)}: {LOOM_PASSWORD_LOGIN!r}")
+    if LOOM_PASSWORD_LOGIN == "off" and not LOOM_OIDC_ISSUER:
+        raise ImproperlyConfigured(
+            "LOOM_PASSWORD_LOGIN=off needs LOOM_OIDC_ISSUER, or nobody could sign in "
+            "(LOOM_PASSWORD_LOGIN=superusers keeps a password for Loom's superusers only)"
+        )
+    if not LOOM_OIDC_ISSUER:
+        return
+    issuer = urlsplit(LOOM_OIDC_ISSUER)
+    if issuer.scheme not in ("https", "http") or not issuer.hostname:
+        raise ImproperlyConfigured(f"LOOM_OIDC_ISSUER must be an https:// URL, not {LOOM_OIDC_ISSUER!r}")
+    if issuer.scheme == "http" and issuer.hostname not in ("localhost", "127.0.0.1", "::1"):
+        # Codes and tokens would cross the network in the clear.
+        raise ImproperlyConfigured(f"LOOM_OIDC_ISSUER must use https:// (http only on this host): {issuer.netloc}")
+    if not OIDC_RP_CLIENT_ID:
+        raise ImproperlyConfigured("LOOM_OIDC_ISSUER is set, so LOOM_OIDC_CLIENT_ID must be too")
+
+
+_check_sign_in_settings()
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

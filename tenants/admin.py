@@ -29,7 +29,10 @@ from .admin_mixins import (
     member_tenant_pks,
 )
 from .errors import Conflict
-from .models import ApiToken, AuditEvent, Membership, Role, Tenant
+from .models import ApiToken, AuditEvent, ExternalIdentity, Membership, Role, Tenant
+
+# The admin's sign-in page gains the single sign-on button, and loses the password form when passwords are off.
+admin.site.login_template = "tenants/admin_login.html"
 
 # --- tenants ------------------------------------------------------------------------------------------
 
@@ -179,8 +182,8 @@ class MembershipAdmin(RestrictedAdminMixin, ServiceBackedAdminMixin, admin.Model
     """Tenant admins manage the memberships of the tenants they administer."""
 
     form = MembershipForm
-    list_display = ("user", "tenant", "role", "created_at")
-    list_filter = (TenantListFilter, "role")
+    list_display = ("user", "tenant", "role", "source", "created_at")
+    list_filter = (TenantListFilter, "role", "source")
     list_select_related = ("user", "tenant")
     search_fields = ("user__username",)
 
@@ -193,10 +196,11 @@ class MembershipAdmin(RestrictedAdminMixin, ServiceBackedAdminMixin, admin.Model
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
         if obj is None:
             return [(None, {"fields": ["tenant", "username", "role"]})]
-        return [(None, {"fields": ["tenant", "user", "role", "created_at"]})]
+        return [(None, {"fields": ["tenant", "user", "role", "source", "created_at"]})]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return () if obj is None else ("tenant", "user", "created_at")
+        # A membership from the identity provider's groups is rewritten at the user's next single sign-on.
+        return () if obj is None else ("tenant", "user", "source", "created_at")
 
     def _may_manage(self, request: HttpRequest, obj: Any = None) -> bool:
         if is_platform_admin(request):
@@ -221,6 +225,24 @@ class MembershipAdmin(RestrictedAdminMixin, ServiceBackedAdminMixin, admin.Model
 
     def delete_via_service(self, request: HttpRequest, obj: Membership) -> None:
         services.membership_delete(actor=request.user, membership=obj)
+
+
+@admin.register(ExternalIdentity)
+class ExternalIdentityAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Which account at the identity provider signs in as which Loom user. Superusers only: who may become
+    whom is the platform's business, not a tenant's."""
+
+    list_display = ("user", "issuer", "subject", "created_at", "last_sign_in_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "subject")
+    fields = list_display
+    readonly_fields = fields
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
 
 
 # --- API tokens ---------------------------------------------------------------------------------------

@@ -33,3 +33,7 @@ class Conflict(ApplicationError):
 class PermissionDenied(ApplicationError):
     code = "permission_denied"
     status = 403
+
+
+class SignInRefused(PermissionDenied):
+    """Someone the identity provider vouched for may not sign in to Loom; the message says why."""

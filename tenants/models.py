@@ -56,10 +56,23 @@ class Tenant(models.Model):
         return self.name
 
 
+class MembershipSource(models.TextChoices):
+    LOCAL = "local", "Granted in Loom"
+    SSO = "sso", "The identity provider's groups"
+
+
 class Membership(models.Model):
+    """A user's role in a tenant.
+
+    ``source`` says who keeps it: ``local`` memberships are granted in Loom (the admin, the API) and stay
+    until someone removes them there; ``sso`` ones mirror the identity provider's groups claim and are
+    rewritten at every single sign-on, so leaving the group in the identity provider ends them.
+    """
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=8, choices=Role.choices, default=Role.USER)
+    source = models.CharField(max_length=8, choices=MembershipSource.choices, default=MembershipSource.LOCAL)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -68,6 +81,31 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class ExternalIdentity(models.Model):
+    """The link from a Loom user to an account at an OpenID provider: the provider's ``iss`` and ``sub``.
+
+    Single sign-on finds users only through this link, never by username or email: an identity provider
+    whose users may pick their own ``preferred_username`` or (unverified) email must not let one of them
+    become an existing Loom account, such as the operator's ``admin``.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="external_identities")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_sign_in_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="external_identity_unique_issuer_subject")
+        ]
+        ordering = ["issuer", "subject"]
+        verbose_name_plural = "external identities"
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"
 
 
 class TenantQuerySet(models.QuerySet):

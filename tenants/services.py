@@ -96,7 +96,7 @@ def membership_save(*, actor: Any, tenant: Tenant, username: str, role: str) -> 
             raise Conflict(f"{username} is the last admin of tenant {tenant.name}")
         membership.role = role
         membership.save(update_fields=["role"])
-    _sync_staff_flag(user, lost_admin=was_admin and role != Role.ADMIN)
+    staff_flag_sync(user, lost_admin=was_admin and role != Role.ADMIN)
     audit(tenant=tenant, actor=actor, action="create" if created else "update", kind="membership",
           name=username, summary={"before": before, "after": role})  # fmt: skip
     return membership
@@ -116,7 +116,7 @@ def _may_enroll(actor: Any, user: Any) -> bool:
     return not Membership.objects.filter(user=user).exclude(tenant_id__in=administered).exists()
 
 
-def _sync_staff_flag(user: Any, *, lost_admin: bool) -> None:
+def staff_flag_sync(user: Any, *, lost_admin: bool) -> None:
     """Tenant admins work in the Django admin, which needs ``is_staff``.
 
     Promotion always grants it; it is taken away only when the user just lost their last tenant-admin
@@ -143,7 +143,7 @@ def membership_delete(*, actor: Any, membership: Membership) -> None:
     audit(tenant=membership.tenant, actor=actor, action="delete", kind="membership",
           name=membership.user.username, summary={"before": membership.role})  # fmt: skip
     membership.delete()
-    _sync_staff_flag(membership.user, lost_admin=membership.role == Role.ADMIN)
+    staff_flag_sync(membership.user, lost_admin=membership.role == Role.ADMIN)
 
 
 @dataclass(frozen=True)
