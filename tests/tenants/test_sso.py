@@ -385,7 +385,10 @@ def test_password_sign_in_for_superusers_only(provider, tenants, settings):
     get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests-1")
     settings.LOOM_PASSWORD_LOGIN = "superusers"
 
-    assert not _password_sign_in(Client(), "/login/", "carol")
+    refused = Client()
+    assert not _password_sign_in(refused, "/login/", "carol")
+    page = refused.post("/login/", {"username": "carol", "password": "pw-for-tests-1"}).content.decode()
+    assert "this account may not use a password here (only superusers may)" in page
     assert _password_sign_in(Client(), "/admin/login/", "root")
     assert "only for Loom's superusers" in Client().get("/login/").content.decode()
 
