@@ -33,6 +33,7 @@ from django.contrib import auth, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import SuspiciousOperation
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.deprecation import MiddlewareMixin
@@ -141,6 +142,27 @@ class PasswordBackend(ModelBackend):
 # --- OpenID Connect --------------------------------------------------------------------------------------
 
 
+class TokenRejected(SuspiciousOperation):
+    """The provider's answer does not pass Loom's own checks (wrong issuer, audience or subject)."""
+
+
+def id_token_problem(payload: dict[str, Any], *, issuer: str, client_id: str) -> str | None:
+    """What is wrong with a signature-checked ID token for this client (OpenID Connect Core 3.1.3.7), if
+    anything: the library checks the signature, expiry and nonce, but not these."""
+    issuer = issuer.rstrip("/")
+    if str(payload.get("iss", "")).rstrip("/") != issuer:
+        return f"ID token issued by {payload.get('iss')!r}, not {issuer!r}"
+    if not isinstance(payload.get("sub"), str) or not payload["sub"]:
+        return "ID token names no subject"
+    audience = payload.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if client_id not in audiences:
+        return "ID token is not for this client"
+    if len(audiences) > 1 and payload.get("azp") != client_id:
+        return "ID token has several audiences and was not issued to this client (azp)"
+    return None
+
+
 class SingleSignOnBackend(OIDCAuthenticationBackend):
     """mozilla-django-oidc's backend with discovery, stricter token checks, and Loom's user mapping."""
 
@@ -170,22 +192,23 @@ class SingleSignOnBackend(OIDCAuthenticationBackend):
     def verify_token(self, token: str, **kwargs: Any) -> dict[str, Any]:
         payload = super().verify_token(token, **kwargs)
         if "nonce" in kwargs:  # the ID token (the library also verifies signed userinfo here)
-            issuer = settings.LOOM_OIDC_ISSUER.rstrip("/")
-            if str(payload.get("iss", "")).rstrip("/") != issuer:
-                raise SuspiciousOperation(f"ID token issued by {payload.get('iss')!r}, not {issuer!r}")
-            audience = payload.get("aud")
-            audiences = audience if isinstance(audience, list) else [audience]
-            if settings.OIDC_RP_CLIENT_ID not in audiences:
-                raise SuspiciousOperation("ID token is not for this client")
+            problem = id_token_problem(payload, issuer=settings.LOOM_OIDC_ISSUER, client_id=settings.OIDC_RP_CLIENT_ID)
+            if problem:
+                raise TokenRejected(problem)
         return payload
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
         userinfo = self.get_userinfo(access_token, id_token, payload)
         if userinfo.get("sub") != payload.get("sub"):
-            raise SuspiciousOperation("the userinfo answer is for another subject than the ID token")
+            raise TokenRejected("the userinfo answer is for another subject than the ID token")
         # Some providers put groups only in the ID token, others only in userinfo: take both, userinfo last.
         claims = {**payload, **userinfo}
-        return sso_sign_in(issuer=settings.LOOM_OIDC_ISSUER.rstrip("/"), claims=claims)
+        issuer = settings.LOOM_OIDC_ISSUER.rstrip("/")
+        try:
+            return sso_sign_in(issuer=issuer, claims=claims)
+        except IntegrityError:
+            # The same person's first sign-in in two tabs at once: the other one made the link; use it.
+            return sso_sign_in(issuer=issuer, claims=claims)
 
     def get_user(self, user_id: Any) -> Any:
         user = super().get_user(user_id)
@@ -227,6 +250,9 @@ class CallbackView(OIDCAuthenticationCallbackView):
             raise Http404("single sign-on is not configured")
         try:
             return super().get(request)
+        except TokenRejected as exc:
+            logger.warning("single sign-on refused: %s", exc)
+            return _failure(request, "The identity provider's answer did not pass Loom's checks; sign-in refused.")
         except SuspiciousOperation as exc:
             logger.warning("single sign-on refused: %s", exc)
             return _failure(request, "That sign-in was not started here or was already used; please sign in again.")

@@ -23,7 +23,6 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import pytest
 import requests
 from django.contrib.auth import get_user_model
-from django.core.exceptions import SuspiciousOperation
 from django.test import Client
 
 from tenants import sso
@@ -323,10 +322,28 @@ def test_an_id_token_for_another_client_is_refused(tmp_path, settings, tenants):
         ).json()
         backend = sso.SingleSignOnBackend()
 
-        with pytest.raises(SuspiciousOperation, match="not for this client"):
+        with pytest.raises(sso.TokenRejected, match="not for this client"):
             backend.verify_token(tokens["id_token"], nonce="n" * 20)
         settings.OIDC_RP_CLIENT_ID, settings.OIDC_RP_CLIENT_SECRET = "other-app", other["client_secret"]
         assert backend.verify_token(tokens["id_token"], nonce="n" * 20)["aud"] == "other-app"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({}, None),
+        ({"iss": "https://idp.example.com/"}, None),
+        ({"iss": "https://evil.example.com"}, "issued by 'https://evil.example.com'"),
+        ({"sub": ""}, "names no subject"),
+        ({"aud": "other-app"}, "not for this client"),
+        ({"aud": ["other-app", "loom"]}, "several audiences"),
+        ({"aud": ["other-app", "loom"], "azp": "loom"}, None),
+    ],
+)
+def test_id_token_claims_loom_checks(changes, problem):
+    payload = {"iss": "https://idp.example.com", "sub": "alice-sub", "aud": "loom", **changes}
+    found = sso.id_token_problem(payload, issuer="https://idp.example.com", client_id="loom")
+    assert (found is None) if problem is None else (problem in found), found
 
 
 def test_a_discovery_document_for_another_issuer_is_refused(provider, tenants, settings):
